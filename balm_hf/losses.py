@@ -13,8 +13,8 @@ def masked_mse_loss(
     Mean squared error over every batch item, horizon step and channel.
 
     Computed in the units of the tensors given (for BALM-TSF: the dataset-standardised scale of `past_values`, after
-    RevIN has been inverted). With `observed_mask` (`1` = observed) the mean runs over observed entries only; a batch with
-    no observed entry gives `0`.
+    RevIN has been inverted). With `observed_mask` (`1` = observed) the mean runs over observed entries only; a batch
+    with no observed entry gives `0`.
 
     Args:
         prediction (`torch.Tensor` of shape `[batch, horizon, channels]`): the forecast.

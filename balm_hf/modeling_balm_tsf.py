@@ -19,9 +19,9 @@ from .configuration_balm_tsf import BalmTsfConfig
 from .losses import info_nce_loss, masked_mse_loss
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Outputs
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -89,9 +89,9 @@ class BalmTsfForForecastingOutput(ModelOutput):
     text_embeddings: torch.FloatTensor | None = None
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Statistics prompt
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 def compute_prompt_statistics(normalized: torch.Tensor, num_lags: int = 5) -> dict[str, torch.Tensor]:
@@ -169,9 +169,9 @@ def tokenize_prompts(
     return {"prompt_input_ids": encoded["input_ids"], "prompt_attention_mask": encoded["attention_mask"]}
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Modules
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 class BalmTsfRevIN(nn.Module):
@@ -333,9 +333,9 @@ class BalmTsfForecastHead(nn.Module):
         return self.dropout(self.linear(fused.transpose(1, 2).flatten(start_dim=1)))
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Pretrained models
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 class BalmTsfPreTrainedModel(PreTrainedModel):
@@ -381,7 +381,8 @@ class BalmTsfPreTrainedModel(PreTrainedModel):
         vocab = self.get_text_encoder().llm.get_input_embeddings().num_embeddings
         if tokenizer.pad_token_id is None or tokenizer.pad_token_id >= vocab:
             raise ValueError(
-                f"the tokenizer's pad token id {tokenizer.pad_token_id} is outside the backbone's vocabulary of {vocab}"
+                f"the tokenizer's pad token id {tokenizer.pad_token_id} is outside the backbone's "
+                f"vocabulary of {vocab}"
             )
         self.get_text_encoder().tokenizer = tokenizer
 
@@ -478,7 +479,7 @@ class BalmTsfModel(BalmTsfPreTrainedModel):
             prompt_input_ids (`torch.LongTensor` of shape `[batch * num_input_channels, text_tokens]`, *optional*):
                 Token ids of the statistics prompts, e.g. prepared by the data collator. Built from `past_values` when
                 omitted.
-            prompt_attention_mask (`torch.LongTensor` of shape `[batch * num_input_channels, text_tokens]`, *optional*):
+            prompt_attention_mask (`torch.LongTensor` of shape `[batch * num_input_channels, tokens]`, *optional*):
                 `1` for prompt tokens, `0` for padding. Used only when `config.prompt_attention_mask` is set.
             return_dict (`bool`, *optional*): return a [`BalmTsfModelOutput`] instead of a tuple.
         """
@@ -496,7 +497,8 @@ class BalmTsfModel(BalmTsfPreTrainedModel):
             prompt_attention_mask = prompt_inputs["prompt_attention_mask"].to(past_values.device)
         elif prompt_input_ids.shape[0] != batch * channels:
             raise ValueError(
-                f"`prompt_input_ids` has {prompt_input_ids.shape[0]} rows, expected batch * channels = {batch * channels}"
+                f"`prompt_input_ids` has {prompt_input_ids.shape[0]} rows, expected batch * channels = "
+                f"{batch * channels}"
             )
 
         ts_embeddings = self.mapping(self.patch_embedding(series))  # [series x num_patches x d_llm]
@@ -597,7 +599,7 @@ class BalmTsfForForecasting(BalmTsfPreTrainedModel):
                 `1` where `future_values` is observed, `0` where it is missing (excluded from the MSE).
             prompt_input_ids (`torch.LongTensor` of shape `[batch * num_input_channels, text_tokens]`, *optional*):
                 Pre-tokenised statistics prompts (see [`BalmTsfModel.forward`]).
-            prompt_attention_mask (`torch.LongTensor` of shape `[batch * num_input_channels, text_tokens]`, *optional*):
+            prompt_attention_mask (`torch.LongTensor` of shape `[batch * num_input_channels, tokens]`, *optional*):
                 `1` for prompt tokens, `0` for padding.
             output_hidden_states (`bool`, *optional*): also return the branch embeddings.
             return_dict (`bool`, *optional*): return a [`BalmTsfForForecastingOutput`] instead of a tuple.
