@@ -69,6 +69,11 @@ class BalmTsfConfig(PretrainedConfig):
         prompt_float_decimals (`int`, *optional*):
             **(beyond)** Round the statistics to this many decimals in the prompt (fewer tokens, faster). `None`
             writes Python's full `str()` of each float (paper).
+        prompt_stable_lags (`bool`, *optional*, defaults to `False`):
+            **(beyond)** The circular autocorrelation is symmetric (lag `k` equals lag `L - k` in exact arithmetic), so
+            the order of the mirrored lags in the paper's prompt comes from floating point noise and can change with
+            the batch layout or the hardware. `True` symmetrises the autocorrelation, rounds it to 1e-5 of its lag-0
+            value and breaks ties toward the smaller lag: every series gets the same prompt in any batch.
         use_prefix_cache (`bool`, *optional*, defaults to `False`):
             **(beyond)** For causal (decoder-only) backbones, compute the key/value states of the learnable prompt once
             per forward and share them across the batch instead of recomputing them for every sample. Exact up to
@@ -125,6 +130,7 @@ class BalmTsfConfig(PretrainedConfig):
         prompt_attention_mask: bool = False,
         prompt_padding_side: str | None = None,
         prompt_float_decimals: int | None = None,
+        prompt_stable_lags: bool = False,
         use_prefix_cache: bool = False,
         contrastive_mask_own_positive: bool = False,
         init_std: float | None = None,
@@ -147,6 +153,13 @@ class BalmTsfConfig(PretrainedConfig):
         if context_length < patch_length:
             raise ValueError(
                 f"`context_length` ({context_length}) must be at least one patch (`patch_length`={patch_length})"
+            )
+        num_patches = int((context_length - patch_length) / patch_stride + 2)
+        if int(num_patches * prediction_length / context_length) < 1:
+            raise ValueError(
+                f"`prompt_length` = int(num_patches * prediction_length / context_length) = "
+                f"int({num_patches} * {prediction_length} / {context_length}) is 0: the horizon is too short for this "
+                "context; use a longer `prediction_length` or a shorter `context_length`"
             )
         if num_lags > context_length // 2:
             raise ValueError(f"`num_lags` ({num_lags}) must not exceed half the context length ({context_length})")
@@ -212,6 +225,7 @@ class BalmTsfConfig(PretrainedConfig):
         self.prompt_attention_mask = prompt_attention_mask
         self.prompt_padding_side = prompt_padding_side
         self.prompt_float_decimals = prompt_float_decimals
+        self.prompt_stable_lags = prompt_stable_lags
         self.use_prefix_cache = use_prefix_cache
         self.contrastive_mask_own_positive = contrastive_mask_own_positive
         self.init_std = init_std

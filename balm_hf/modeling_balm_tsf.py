@@ -94,13 +94,17 @@ class BalmTsfForForecastingOutput(ModelOutput):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def compute_prompt_statistics(normalized: torch.Tensor, num_lags: int = 5) -> dict[str, torch.Tensor]:
+def compute_prompt_statistics(
+    normalized: torch.Tensor, num_lags: int = 5, stable_lags: bool = False
+) -> dict[str, torch.Tensor]:
     r"""
     Descriptive statistics of each (normalised) series, batched on tensors.
 
     Args:
         normalized (`torch.Tensor` of shape `[series, length]`): RevIN-normalised series.
         num_lags (`int`): how many autocorrelation lags to keep.
+        stable_lags (`bool`): symmetrise the autocorrelation, round it to 1e-5 of its lag-0 value and break ties toward
+            the smaller lag, so that the lags do not depend on floating point noise (see `BalmTsfConfig`).
 
     Returns:
         `dict` with `min`, `max`, `median` (lower middle value), `trend` (sum of first differences), each `[series]`,
@@ -110,7 +114,15 @@ def compute_prompt_statistics(normalized: torch.Tensor, num_lags: int = 5) -> di
     x = normalized.float().unsqueeze(1)  # [series x 1 x length]
     spectrum = torch.fft.rfft(x, dim=-1)
     autocorrelation = torch.fft.irfft(spectrum * torch.conj(spectrum), dim=-1).mean(dim=1)  # [series x length']
-    _, lags = torch.topk(autocorrelation, num_lags, dim=-1)
+    if stable_lags:
+        # In exact arithmetic lag k and lag n - k are equal; make them equal in floating point too.
+        mirrored = torch.roll(torch.flip(autocorrelation, dims=[-1]), shifts=1, dims=-1)
+        symmetric = (autocorrelation + mirrored) / 2
+        unit = symmetric[:, :1].abs().clamp_min(torch.finfo(symmetric.dtype).tiny) * 1e-5
+        quantised = torch.round(symmetric / unit)
+        lags = torch.sort(quantised, dim=-1, descending=True, stable=True).indices[:, :num_lags]
+    else:
+        _, lags = torch.topk(autocorrelation, num_lags, dim=-1)
     return {
         "min": x.amin(dim=-1).squeeze(1),
         "max": x.amax(dim=-1).squeeze(1),
@@ -396,10 +408,19 @@ class BalmTsfPreTrainedModel(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
         """Load the model and attach the tokenizer stored next to it (when the folder or repo has one)."""
-        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
         tokenizer_kwargs = {
             key: kwargs[key]
-            for key in ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
+            for key in (
+                "cache_dir",
+                "force_download",
+                "local_files_only",
+                "token",
+                "revision",
+                "subfolder",
+                "trust_remote_code",
+            )
             if key in kwargs
         }
         try:
@@ -408,7 +429,7 @@ class BalmTsfPreTrainedModel(PreTrainedModel):
             tokenizer = None
         if tokenizer is not None:
             model.set_tokenizer(tokenizer)
-        return model
+        return loaded
 
     # -- input checks -------------------------------------------------------------------------------------------------
 
@@ -461,7 +482,8 @@ class BalmTsfModel(BalmTsfPreTrainedModel):
                 "call `model.set_tokenizer(tokenizer)`, or pass `prompt_input_ids`"
             )
         prompts = format_prompts(
-            compute_prompt_statistics(normalized.detach(), self.config.num_lags), self.config.prompt_float_decimals
+            compute_prompt_statistics(normalized.detach(), self.config.num_lags, self.config.prompt_stable_lags),
+            self.config.prompt_float_decimals,
         )
         return tokenize_prompts(tokenizer, prompts, self.config)
 
@@ -488,8 +510,12 @@ class BalmTsfModel(BalmTsfPreTrainedModel):
         config = self.config
         batch, length, channels = past_values.shape
 
-        normalized, loc, scale = self.revin(past_values)
-        series = normalized.permute(0, 2, 1).reshape(batch * channels, length)  # [batch*channels x length]
+        # Fold channels into the batch first, so a series is normalised the same way whatever its channel count.
+        folded = past_values.permute(0, 2, 1).reshape(batch * channels, length, 1)
+        normalized, loc, scale = self.revin(folded)
+        series = normalized.squeeze(-1)  # [batch*channels x length]
+        loc = loc.reshape(batch, 1, channels)
+        scale = scale.reshape(batch, 1, channels)
 
         if prompt_input_ids is None:
             prompt_inputs = self.build_prompt_inputs(series)

