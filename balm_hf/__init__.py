@@ -4,6 +4,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForTimeSeriesPrediction
 
 from .backbones import DEFAULT_BACKBONE, PAPER_BACKBONE, load_backbone
 from .configuration_balm_tsf import BalmTsfConfig
+from .data import BalmTsfDataCollator, BalmTsfPreprocessor, load_forecasting_dataset
 from .modeling_balm_tsf import (
     BalmTsfForForecasting,
     BalmTsfForForecastingOutput,
@@ -27,10 +28,13 @@ __all__ = [
     "DEFAULT_BACKBONE",
     "PAPER_BACKBONE",
     "BalmTsfConfig",
+    "BalmTsfDataCollator",
     "BalmTsfForForecasting",
     "BalmTsfForForecastingOutput",
     "BalmTsfModel",
     "BalmTsfModelOutput",
     "BalmTsfPreTrainedModel",
+    "BalmTsfPreprocessor",
     "load_backbone",
+    "load_forecasting_dataset",
 ]
