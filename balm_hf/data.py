@@ -382,9 +382,17 @@ class BalmTsfDatasetDict(datasets.DatasetDict):
 
     `DatasetDict` methods that build a new dict (`map`, `with_format`, ...) return a plain `DatasetDict` without it;
     keep a reference to `preprocessor` first.
+
+    Args:
+        splits (`Mapping[str, datasets.Dataset]`, *optional*):
+            The split datasets by name.
+        preprocessor ([`BalmTsfPreprocessor`], *optional*):
+            The preprocessor fitted while building the splits.
     """
 
-    def __init__(self, splits: Mapping[str, datasets.Dataset] | None = None, preprocessor: Any = None) -> None:
+    def __init__(
+        self, splits: Mapping[str, datasets.Dataset] | None = None, preprocessor: BalmTsfPreprocessor | None = None
+    ) -> None:
         super().__init__(splits or {})
         self.preprocessor: BalmTsfPreprocessor | None = preprocessor
 
@@ -398,6 +406,12 @@ class BalmTsfDataCollator:
     observed masks likewise when present, and `window_index`/`channel_index` become `[batch]` long tensors (the model
     accepts and ignores them). Item values may be numpy arrays, tensors or nested lists; a 1-D value gains the channel
     axis.
+
+    Args:
+        value_keys (`tuple[str, ...]`, *optional*, defaults to the values and observed masks):
+            Item keys stacked into float32 tensors when present in the items.
+        id_keys (`tuple[str, ...]`, *optional*, defaults to `("window_index", "channel_index")`):
+            Item keys stacked into long tensors when present in the items.
     """
 
     value_keys: tuple[str, ...] = ("past_values", "future_values", "past_observed_mask", "future_observed_mask")
@@ -705,7 +719,7 @@ def load_forecasting_dataset(
             Name of the timestamp column.
         date_format (`str`, *optional*):
             `strftime` format of the dates (e.g. `"%d/%m/%Y %H:%M"`). By default pandas infers it, trying day-first
-            when month-first fails or gives unsorted timestamps.
+            when month-first fails or gives unsorted or irregular timestamps.
         split_config (`str`, *optional*):
             For a CSV given by path: the benchmark whose split borders to use (e.g. `"ETTh1"`). By default a path gets
             the 70/10/20 ratio protocol (`resources/data/custom.yaml`).
