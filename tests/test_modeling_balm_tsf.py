@@ -29,6 +29,7 @@ from balm_hf.modeling_balm_tsf import (
     BalmTsfRevIN,
     compute_prompt_statistics,
     format_prompts,
+    prepare_prompt_inputs,
     scale_std,
 )
 
@@ -72,7 +73,7 @@ def _main_output(model: torch.nn.Module, output) -> torch.Tensor:
     return output.fused_embeddings if isinstance(model, BalmTsfModel) else output.prediction_outputs
 
 
-# -- config -------------------------------------------------------------------------------------------------------------
+# -- config -----------------------------------------------------------------------------------------------------------
 
 
 def test_config_json_dict_and_save_pretrained_round_trips(tmp_path):
@@ -158,7 +159,7 @@ def test_auto_classes_resolve_balm_tsf(tmp_path):
     assert BalmTsfForForecasting.config_class.model_type == "balm_tsf"
 
 
-# -- common model checks ------------------------------------------------------------------------------------------------
+# -- common model checks ----------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("model_class", all_model_classes)
@@ -313,7 +314,7 @@ def test_future_observed_mask_excludes_missing_targets_from_the_mse():
     torch.testing.assert_close(output.mse_loss, expected)
 
 
-# -- paper mode equals the original -------------------------------------------------------------------------------------
+# -- paper mode equals the original -----------------------------------------------------------------------------------
 
 _ORIGINAL_NAMES = {
     "learnable_prompt": "model.text_encoder.learnable_prompt",
@@ -415,7 +416,7 @@ def test_trainable_parameters_are_970081_with_a_gpt2_small_shaped_backbone():
     assert 81e6 < frozen < 83e6
 
 
-# -- inputs -------------------------------------------------------------------------------------------------------------
+# -- inputs -----------------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -469,7 +470,7 @@ def test_forward_runs_in_float32_and_under_bf16_autocast(dtype):
     assert torch.isfinite(output.loss)
 
 
-# -- building blocks ----------------------------------------------------------------------------------------------------
+# -- building blocks --------------------------------------------------------------------------------------------------
 
 
 def test_when_revin_inverted_then_input_recovered():
@@ -548,7 +549,7 @@ def test_masked_mse_ignores_unobserved_entries_and_rejects_shape_mismatch():
         masked_mse_loss(prediction, target[:, :2])
 
 
-# -- switches beyond the paper ------------------------------------------------------------------------------------------
+# -- switches beyond the paper ----------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -574,10 +575,10 @@ def test_prefix_cache_keeps_gradients_identical():
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
 
 
-def test_prompt_inputs_prepared_outside_forward_give_the_same_output():
-    model, inputs = BalmTsfModelTester().build(BalmTsfForForecasting)
-    normalized = BalmTsfRevIN(model.config)(inputs["past_values"])[0].squeeze(-1)
-    prompt_inputs = model.model.build_prompt_inputs(normalized)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_prompt_inputs_prepared_outside_forward_give_the_same_output(channels):
+    model, inputs = BalmTsfModelTester(num_input_channels=channels).build(BalmTsfForForecasting)
+    prompt_inputs = prepare_prompt_inputs(inputs["past_values"], model.config, model.tokenizer)
     with torch.no_grad():
         inside = model(**inputs)
         outside = model(**inputs, **prompt_inputs)
@@ -594,7 +595,9 @@ def test_stable_lags_do_not_depend_on_the_batch_layout():
     assert (batched[:, 0] == 0).all()
     paper = compute_prompt_statistics(series)["lags"]
     # Same set of lags as the paper's; only the order of (mirrored) ties may differ.
-    assert all(set(a[:3]) <= set(b) or set(b[:3]) <= set(a) for a, b in zip(batched.tolist(), paper.tolist()))
+    assert all(
+        set(a[:3]) <= set(b) or set(b[:3]) <= set(a) for a, b in zip(batched.tolist(), paper.tolist(), strict=True)
+    )
 
 
 def test_rounded_prompts_are_shorter():
@@ -628,7 +631,7 @@ def test_bidirectional_backbone_works_and_ignores_the_prefix_cache():
     assert torch.isfinite(output.loss)
 
 
-# -- backbones and remote code ------------------------------------------------------------------------------------------
+# -- backbones and remote code ----------------------------------------------------------------------------------------
 
 
 def test_from_backbone_pretrained_loads_a_local_backbone_frozen(tmp_path):
