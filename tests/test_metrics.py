@@ -1,0 +1,245 @@
+"""Tests of the forecasting metrics: the evaluate module, the helper and the Trainer `compute_metrics`."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from transformers import EvalPrediction
+
+from balm_hf.metrics import (
+    FORECASTING_METRIC_PATH,
+    compute_forecasting_metrics,
+    load_forecasting_metric,
+    make_compute_metrics,
+)
+
+
+# Two windows, three steps, two channels; one zero reference for MAPE and one 0/0 entry for sMAPE.
+PREDICTIONS = np.array(
+    [
+        [[1.0, 0.0], [2.0, -1.0], [4.0, 3.0]],
+        [[0.5, 2.0], [-2.0, 1.0], [3.0, 0.0]],
+    ]
+)
+REFERENCES = np.array(
+    [
+        [[2.0, 0.0], [2.0, 1.0], [1.0, 4.0]],
+        [[1.0, 0.0], [-1.0, 1.5], [2.0, 2.0]],
+    ]
+)
+PAST = np.array(
+    [
+        [[0.0, 1.0], [1.0, 1.0], [3.0, 2.0], [2.0, 5.0]],
+        [[1.0, 0.0], [1.0, 4.0], [2.0, 2.0], [5.0, 2.0]],
+    ]
+)
+
+
+def numpy_reference(prediction, reference, past=None, seasonality=1, observed=None):
+    """The definitions written out entry by entry in plain Python."""
+    p, y = prediction.ravel(), reference.ravel()
+    keep = np.ones_like(y, dtype=bool) if observed is None else observed.ravel().astype(bool)
+    entries = [(a, b) for a, b, k in zip(p, y, keep, strict=True) if k]
+    e = [abs(a - b) for a, b in entries]
+    result = {
+        "mse": sum(x**2 for x in e) / len(e),
+        "mae": sum(e) / len(e),
+        "mape": 100 * np.mean([abs(a - b) / abs(b) for a, b in entries if b != 0]),
+        "smape": 200 * np.mean([abs(a - b) / (abs(a) + abs(b)) if abs(a) + abs(b) > 0 else 0.0 for a, b in entries]),
+    }
+    if past is not None:
+        scaled = []
+        for w in range(prediction.shape[0]):
+            for c in range(prediction.shape[2]):
+                x = past[w, :, c]
+                scale = np.mean([abs(x[t] - x[t - seasonality]) for t in range(seasonality, len(x))])
+                for h in range(prediction.shape[1]):
+                    if observed is None or observed[w, h, c]:
+                        scaled.append(abs(prediction[w, h, c] - reference[w, h, c]) / scale)
+        result["mase"] = float(np.mean(scaled))
+    return result
+
+
+def test_metrics_equal_hand_computed_numpy_values():
+    result = compute_forecasting_metrics(PREDICTIONS, REFERENCES, past_values=PAST)
+    expected = numpy_reference(PREDICTIONS, REFERENCES, past=PAST)
+    assert set(result) == {"mse", "mae", "mape", "smape", "mase"}
+    for name, value in expected.items():
+        assert result[name] == pytest.approx(value, rel=1e-12), name
+    # Worked out by hand: the absolute errors are 1, 0, 0, 2, 3, 1, 0.5, 2, 1, 0.5, 1, 2.
+    assert result["mse"] == pytest.approx((1 + 0 + 0 + 4 + 9 + 1 + 0.25 + 4 + 1 + 0.25 + 1 + 4) / 12)
+    assert result["mae"] == pytest.approx(14 / 12)
+
+
+def test_mase_uses_seasonal_difference_of_each_window_and_channel():
+    past = np.arange(10.0)[None, :, None] ** 2  # differences at lag 2: (t)^2 - (t-2)^2 = 4t - 4, t = 2..9 -> mean 18
+    prediction = np.full((1, 2, 1), 4.0)
+    reference = np.ones((1, 2, 1))
+    result = compute_forecasting_metrics(prediction, reference, past_values=past, seasonality=2)
+    assert result["mase"] == pytest.approx(3.0 / 18.0)
+    assert result["mase"] == pytest.approx(numpy_reference(prediction, reference, past, seasonality=2)["mase"])
+
+
+def test_mase_leaves_out_series_with_a_constant_context():
+    past = np.stack([np.zeros(5), np.arange(5.0)])[:, :, None]  # window 0 has scale 0, window 1 has scale 1
+    prediction = np.full((2, 3, 1), 2.0)
+    reference = np.zeros((2, 3, 1))
+    assert compute_forecasting_metrics(prediction, reference, past_values=past)["mase"] == pytest.approx(2.0)
+    assert math.isnan(compute_forecasting_metrics(prediction[:1], reference[:1], past_values=past[:1])["mase"])
+
+
+def test_smape_counts_zero_over_zero_as_zero_and_mape_skips_zero_references():
+    result = compute_forecasting_metrics(np.array([[0.0, 1.0]]), np.array([[0.0, 2.0]]))
+    assert result["smape"] == pytest.approx(200 * (0.0 + 1.0 / 3.0) / 2)
+    assert result["mape"] == pytest.approx(50.0)
+    assert math.isnan(compute_forecasting_metrics(np.ones((1, 2)), np.zeros((1, 2)))["mape"])
+
+
+def test_masked_entries_are_excluded_from_every_metric():
+    observed = np.ones_like(REFERENCES)
+    observed[0, 2, :] = 0
+    observed[1, 0, 1] = 0
+    corrupted = REFERENCES.copy()
+    corrupted[observed == 0] = 1e6  # values under the mask must not matter
+    result = compute_forecasting_metrics(PREDICTIONS, corrupted, past_values=PAST, observed_mask=observed)
+    expected = numpy_reference(PREDICTIONS, REFERENCES, past=PAST, observed=observed)
+    for name, value in expected.items():
+        assert result[name] == pytest.approx(value, rel=1e-12), name
+    with_nan = REFERENCES.copy()
+    with_nan[observed == 0] = np.nan
+    assert compute_forecasting_metrics(PREDICTIONS, with_nan, past_values=PAST) == pytest.approx(result)
+
+
+def test_nan_predictions_propagate():
+    prediction = PREDICTIONS.copy()
+    prediction[0, 0, 0] = np.nan
+    result = compute_forecasting_metrics(prediction, REFERENCES, past_values=PAST)
+    assert all(math.isnan(value) for value in result.values())
+
+
+@pytest.mark.parametrize("layout", ["numpy", "torch", "torch_bfloat16", "two_dims", "one_dim"])
+def test_input_layouts_agree(layout):
+    prediction, reference, past = PREDICTIONS[..., :1], REFERENCES[..., :1], PAST[..., :1]
+    expected = compute_forecasting_metrics(prediction, reference, past_values=past)
+    if layout == "torch":
+        prediction, reference, past = (torch.from_numpy(x) for x in (prediction, reference, past))
+    elif layout == "torch_bfloat16":
+        # Values exactly representable in bfloat16, so the result is unchanged.
+        prediction, reference = (torch.from_numpy(x).to(torch.bfloat16) for x in (prediction, reference))
+    elif layout == "two_dims":
+        prediction, reference, past = prediction[..., 0], reference[..., 0], past[..., 0]
+    elif layout == "one_dim":
+        expected = compute_forecasting_metrics(prediction[:1], reference[:1], past_values=past[:1])
+        prediction, reference, past = prediction[0, :, 0], reference[0, :, 0], past[0, :, 0]
+    result = compute_forecasting_metrics(prediction, reference, past_values=past)
+    assert result == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"predictions": np.zeros((2, 3, 1)), "references": np.zeros((2, 4, 1))}, "same shape"),
+        ({"predictions": np.zeros((2, 3, 1)), "references": np.zeros((2, 3))}, "same shape"),
+        ({"predictions": np.zeros((1, 2, 3, 1)), "references": np.zeros((1, 2, 3, 1))}, "1 to 3 dimensions"),
+        ({"predictions": np.zeros((0, 3, 1)), "references": np.zeros((0, 3, 1))}, "no values"),
+        (
+            {"predictions": np.zeros((2, 3, 1)), "references": np.zeros((2, 3, 1)), "observed_mask": np.ones((2, 3))},
+            "observed_mask",
+        ),
+        (
+            {"predictions": np.zeros((2, 3, 1)), "references": np.zeros((2, 3, 1)), "past_values": np.ones((3, 5, 1))},
+            "windows and channels",
+        ),
+        (
+            {"predictions": np.zeros((2, 3, 1)), "references": np.zeros((2, 3, 1)), "past_values": np.ones((2, 5))},
+            "as many dimensions",
+        ),
+        (
+            {
+                "predictions": np.zeros((2, 3, 1)),
+                "references": np.zeros((2, 3, 1)),
+                "past_values": np.ones((2, 4, 1)),
+                "seasonality": 4,
+            },
+            "context longer than the season",
+        ),
+        ({"predictions": np.zeros((2, 3)), "references": np.zeros((2, 3)), "seasonality": 0}, "positive integer"),
+    ],
+)
+def test_invalid_inputs_raise_value_error(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        compute_forecasting_metrics(**kwargs)
+
+
+def test_non_array_input_raises_type_error():
+    with pytest.raises(TypeError, match="predictions"):
+        compute_forecasting_metrics("1.0", np.zeros(1))
+
+
+def test_evaluate_module_loads_offline_by_path_and_accumulates_batches(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_EVALUATE_OFFLINE", "1")
+    metric = load_forecasting_metric(keep_in_memory=True)
+    assert metric.name == FORECASTING_METRIC_PATH.name
+    assert (FORECASTING_METRIC_PATH / "forecasting_metrics.py").is_file()
+    windows = PREDICTIONS.shape[0]
+    # The module's own layout: one flattened [horizon, channels] window per row, stored as float32.
+    for w in range(windows):
+        metric.add_batch(
+            predictions=PREDICTIONS[w : w + 1].reshape(1, -1), references=REFERENCES[w : w + 1].reshape(1, -1)
+        )
+    result = metric.compute(past_values=PAST, seasonality=1)
+    expected = compute_forecasting_metrics(PREDICTIONS, REFERENCES, past_values=PAST)
+    assert result == pytest.approx(expected, rel=1e-6)
+
+
+def test_evaluate_module_compute_rejects_mismatched_windows():
+    metric = load_forecasting_metric(keep_in_memory=True)
+    with pytest.raises(ValueError):
+        metric.compute(predictions=np.zeros((2, 3)), references=np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="same shape"):
+        metric.compute(predictions=np.zeros((2, 3)), references=np.zeros((2, 4)))
+
+
+def test_compute_metrics_picks_prediction_outputs_from_the_output_tuple():
+    compute_metrics = make_compute_metrics()
+    labels = REFERENCES[..., :1]
+    forecast = PREDICTIONS[..., :1]
+    # What Trainer gathers for BalmTsfForForecasting: mse_loss, alignment_loss, prediction_outputs, loc, scale.
+    gathered = (np.ones(2), np.ones(2), forecast, np.zeros((2, 1, 1)), np.ones((2, 1, 1)))
+    result = compute_metrics(EvalPrediction(predictions=gathered, label_ids=labels))
+    assert set(result) == {"mse", "mae"}
+    assert result["mse"] == pytest.approx(np.mean((forecast - labels) ** 2))
+    assert result["mae"] == pytest.approx(np.mean(np.abs(forecast - labels)))
+    assert compute_metrics(EvalPrediction(predictions=forecast, label_ids=labels)) == pytest.approx(result)
+
+
+def test_compute_metrics_uses_observed_mask_and_inputs():
+    compute_metrics = make_compute_metrics(metrics=("mse", "mase"), seasonality=1)
+    observed = np.ones_like(REFERENCES)
+    observed[1] = 0
+    result = compute_metrics(
+        EvalPrediction(predictions=PREDICTIONS, label_ids=(REFERENCES, observed), inputs=PAST),
+    )
+    expected = compute_forecasting_metrics(PREDICTIONS[:1], REFERENCES[:1], past_values=PAST[:1])
+    assert result == pytest.approx({"mse": expected["mse"], "mase": expected["mase"]})
+
+
+def test_compute_metrics_ambiguous_or_missing_forecast_raises():
+    labels = np.zeros((2, 1, 1))
+    ambiguous = (np.ones((2, 1, 1)), np.zeros((2, 1, 1)))
+    with pytest.raises(ValueError, match="prediction_index"):
+        make_compute_metrics()(EvalPrediction(predictions=ambiguous, label_ids=labels))
+    result = make_compute_metrics(prediction_index=0)(EvalPrediction(predictions=ambiguous, label_ids=labels))
+    assert result["mse"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="include_for_metrics"):
+        make_compute_metrics(metrics=("mase",))(EvalPrediction(predictions=np.ones((2, 1, 1)), label_ids=labels))
+
+
+@pytest.mark.parametrize(("metrics", "error"), [("mse", TypeError), (("mse", "rmse"), ValueError), ((), ValueError)])
+def test_make_compute_metrics_rejects_bad_metric_names(metrics, error):
+    with pytest.raises(error):
+        make_compute_metrics(metrics=metrics)
