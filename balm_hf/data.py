@@ -19,6 +19,8 @@ import torch
 import yaml
 from transformers.feature_extraction_utils import FeatureExtractionMixin
 
+from .modeling_balm_tsf import prepare_prompt_inputs
+
 
 logger = logging.getLogger(__name__)
 
@@ -412,10 +414,24 @@ class BalmTsfDataCollator:
             Item keys stacked into float32 tensors when present in the items.
         id_keys (`tuple[str, ...]`, *optional*, defaults to `("window_index", "channel_index")`):
             Item keys stacked into long tensors when present in the items.
+        model_config ([`BalmTsfConfig`], *optional*):
+            With `tokenizer`, also build and tokenise the statistics prompts of the batch here (`prompt_input_ids`,
+            `prompt_attention_mask`), so that this work runs in the DataLoader workers instead of the training step.
+            The model then gives the same outputs as when it builds the prompts itself.
+        tokenizer (`PreTrainedTokenizerBase`, *optional*):
+            The model's tokenizer (`model.tokenizer`), required with `model_config`.
     """
 
     value_keys: tuple[str, ...] = ("past_values", "future_values", "past_observed_mask", "future_observed_mask")
     id_keys: tuple[str, ...] = ("window_index", "channel_index")
+    model_config: Any = None
+    tokenizer: Any = None
+
+    def __post_init__(self) -> None:
+        if (self.model_config is None) != (self.tokenizer is None):
+            raise ValueError(
+                "BalmTsfDataCollator needs both `model_config` and `tokenizer` to build prompts, or neither"
+            )
 
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         if len(features) == 0:
@@ -430,6 +446,12 @@ class BalmTsfDataCollator:
         for key in self.id_keys:
             if key in features[0]:
                 batch[key] = torch.as_tensor(np.asarray([item[key] for item in features], dtype=np.int64))
+        if self.model_config is not None:
+            batch.update(
+                prepare_prompt_inputs(
+                    batch["past_values"], self.model_config, self.tokenizer, batch.get("past_observed_mask")
+                )
+            )
         return batch
 
 

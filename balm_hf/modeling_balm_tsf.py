@@ -183,7 +183,10 @@ def tokenize_prompts(
 
 
 def prepare_prompt_inputs(
-    past_values: torch.Tensor, config: BalmTsfConfig, tokenizer: PreTrainedTokenizerBase
+    past_values: torch.Tensor,
+    config: BalmTsfConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    past_observed_mask: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     r"""
     Build and tokenise the statistics prompts of a batch outside the model, e.g. in a data collator running in
@@ -194,15 +197,28 @@ def prepare_prompt_inputs(
         past_values (`torch.Tensor` of shape `[batch, context_length, channels]`): the input windows.
         config ([`BalmTsfConfig`]): the model's configuration (RevIN eps, prompt switches).
         tokenizer: the model's tokenizer (`model.tokenizer`).
+        past_observed_mask (`torch.Tensor` of the shape of `past_values`, *optional*): `1` = observed.
 
     Returns:
         `dict` with `prompt_input_ids` and `prompt_attention_mask`, each `[batch * channels, text_tokens]`.
     """
-    batch, length, channels = past_values.shape
-    folded = past_values.permute(0, 2, 1).reshape(batch * channels, length, 1)
-    normalized = BalmTsfRevIN(config)(folded)[0].squeeze(-1)
+    normalized = _fold_and_normalize(BalmTsfRevIN(config), past_values, past_observed_mask)[0]
     statistics = compute_prompt_statistics(normalized, config.num_lags, config.prompt_stable_lags)
     return tokenize_prompts(tokenizer, format_prompts(statistics, config.prompt_float_decimals), config)
+
+
+def _fold_and_normalize(
+    revin: BalmTsfRevIN, past_values: torch.Tensor, past_observed_mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fold channels into the batch, then RevIN: `[batch, length, channels]` -> `[batch * channels, length]`."""
+    batch, length, channels = past_values.shape
+    # Folding first makes a series' normalisation independent of how many channels travel with it.
+    folded = past_values.permute(0, 2, 1).reshape(batch * channels, length, 1)
+    mask = None
+    if past_observed_mask is not None:
+        mask = past_observed_mask.permute(0, 2, 1).reshape(batch * channels, length, 1)
+    normalized, loc, scale = revin(folded, mask)
+    return normalized.squeeze(-1), loc.reshape(batch, 1, channels), scale.reshape(batch, 1, channels)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -217,17 +233,30 @@ class BalmTsfRevIN(nn.Module):
         super().__init__()
         self.eps = config.revin_eps
 
-    def forward(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, values: torch.Tensor, observed_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         r"""
         Args:
             values (`torch.Tensor` of shape `[batch, length, channels]`).
+            observed_mask (`torch.Tensor` of the same shape, *optional*): `1` = observed. The statistics then use
+                observed values only, and unobserved positions (which may hold NaN) become `0`, the normalised mean.
 
         Returns:
             `(normalized, loc, scale)` with `loc` and `scale` of shape `[batch, 1, channels]`.
         """
-        loc = values.mean(dim=1, keepdim=True).detach()
-        scale = torch.sqrt(values.var(dim=1, keepdim=True, unbiased=False) + self.eps).detach()
-        return (values - loc) / scale, loc, scale
+        if observed_mask is None:
+            loc = values.mean(dim=1, keepdim=True).detach()
+            scale = torch.sqrt(values.var(dim=1, keepdim=True, unbiased=False) + self.eps).detach()
+            return (values - loc) / scale, loc, scale
+        observed = observed_mask.to(torch.bool)
+        weights = observed.to(values.dtype)
+        filled = torch.where(observed, values, torch.zeros_like(values))
+        count = weights.sum(dim=1, keepdim=True).clamp_min(1.0)
+        loc = (filled.sum(dim=1, keepdim=True) / count).detach()
+        variance = ((filled - loc) ** 2 * weights).sum(dim=1, keepdim=True) / count
+        scale = torch.sqrt(variance + self.eps).detach()
+        return torch.where(observed, (filled - loc) / scale, torch.zeros_like(values)), loc, scale
 
     @staticmethod
     def invert(values: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -467,7 +496,7 @@ class BalmTsfPreTrainedModel(PreTrainedModel):
 
     # -- input checks -------------------------------------------------------------------------------------------------
 
-    def _check_past_values(self, past_values: torch.Tensor) -> None:
+    def _check_past_values(self, past_values: torch.Tensor, past_observed_mask: torch.Tensor | None = None) -> None:
         config = self.config
         if not isinstance(past_values, torch.Tensor):
             raise TypeError(f"`past_values` must be a torch.Tensor, got {type(past_values).__name__}")
@@ -487,8 +516,23 @@ class BalmTsfPreTrainedModel(PreTrainedModel):
             )
         if not past_values.is_floating_point():
             raise TypeError(f"`past_values` must be a floating point tensor, got {past_values.dtype}")
-        if not bool(torch.isfinite(past_values).all()):
-            raise ValueError("`past_values` contains NaN or infinite values")
+        if past_observed_mask is None:
+            if not bool(torch.isfinite(past_values).all()):
+                raise ValueError(
+                    "`past_values` contains NaN or infinite values; pass `past_observed_mask` (0 = missing) to mark "
+                    "missing values"
+                )
+            return
+        if past_observed_mask.shape != past_values.shape:
+            raise ValueError(
+                f"`past_observed_mask` must have the shape of `past_values` {tuple(past_values.shape)}, got "
+                f"{tuple(past_observed_mask.shape)}"
+            )
+        observed = past_observed_mask.to(torch.bool)
+        if not bool(torch.isfinite(past_values[observed]).all()):
+            raise ValueError("`past_values` contains NaN or infinite values at positions marked observed")
+        if not bool(observed.any(dim=1).all()):
+            raise ValueError("`past_observed_mask` marks a series with no observed value at all")
 
 
 class BalmTsfModel(BalmTsfPreTrainedModel):
@@ -523,6 +567,7 @@ class BalmTsfModel(BalmTsfPreTrainedModel):
     def forward(
         self,
         past_values: torch.Tensor,
+        past_observed_mask: torch.Tensor | None = None,
         prompt_input_ids: torch.Tensor | None = None,
         prompt_attention_mask: torch.Tensor | None = None,
         return_dict: bool | None = None,
@@ -530,7 +575,11 @@ class BalmTsfModel(BalmTsfPreTrainedModel):
         r"""
         Args:
             past_values (`torch.FloatTensor` of shape `[batch, context_length, num_input_channels]`):
-                The input windows. Must be finite.
+                The input windows. Must be finite where observed.
+            past_observed_mask (`torch.Tensor` of the shape of `past_values`, *optional*):
+                `1` where `past_values` is observed, `0` where it is missing (may be NaN there). RevIN statistics use
+                observed values only and missing positions enter both branches as the series mean. Without it every
+                value must be finite.
             prompt_input_ids (`torch.LongTensor` of shape `[batch * num_input_channels, text_tokens]`, *optional*):
                 Token ids of the statistics prompts, e.g. prepared by the data collator. Built from `past_values` when
                 omitted.
@@ -539,16 +588,11 @@ class BalmTsfModel(BalmTsfPreTrainedModel):
             return_dict (`bool`, *optional*): return a [`BalmTsfModelOutput`] instead of a tuple.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        self._check_past_values(past_values)
+        self._check_past_values(past_values, past_observed_mask)
         config = self.config
         batch, length, channels = past_values.shape
 
-        # Fold channels into the batch first, so a series is normalised the same way whatever its channel count.
-        folded = past_values.permute(0, 2, 1).reshape(batch * channels, length, 1)
-        normalized, loc, scale = self.revin(folded)
-        series = normalized.squeeze(-1)  # [batch*channels x length]
-        loc = loc.reshape(batch, 1, channels)
-        scale = scale.reshape(batch, 1, channels)
+        series, loc, scale = _fold_and_normalize(self.revin, past_values, past_observed_mask)  # [B*C x L]
 
         if prompt_input_ids is None:
             prompt_inputs = self.build_prompt_inputs(series)
@@ -641,6 +685,7 @@ class BalmTsfForForecasting(BalmTsfPreTrainedModel):
         self,
         past_values: torch.Tensor,
         future_values: torch.Tensor | None = None,
+        past_observed_mask: torch.Tensor | None = None,
         future_observed_mask: torch.Tensor | None = None,
         prompt_input_ids: torch.Tensor | None = None,
         prompt_attention_mask: torch.Tensor | None = None,
@@ -651,7 +696,9 @@ class BalmTsfForForecasting(BalmTsfPreTrainedModel):
         r"""
         Args:
             past_values (`torch.FloatTensor` of shape `[batch, context_length, num_input_channels]`):
-                The input windows (dataset-scaled units). Must be finite.
+                The input windows (dataset-scaled units). Must be finite where observed.
+            past_observed_mask (`torch.Tensor` of the shape of `past_values`, *optional*):
+                `1` where `past_values` is observed, `0` where missing (see [`BalmTsfModel.forward`]).
             future_values (`torch.FloatTensor` of shape `[batch, prediction_length, num_input_channels]`, *optional*):
                 Targets; when given, the MSE and the total loss are computed.
             future_observed_mask (`torch.Tensor` of the shape of `future_values`, *optional*):
@@ -668,6 +715,7 @@ class BalmTsfForForecasting(BalmTsfPreTrainedModel):
         config = self.config
         outputs = self.model(
             past_values=past_values,
+            past_observed_mask=past_observed_mask,
             prompt_input_ids=prompt_input_ids,
             prompt_attention_mask=prompt_attention_mask,
             return_dict=True,

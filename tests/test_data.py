@@ -398,6 +398,27 @@ def test_collator_batches_feed_the_model_and_datasets_pickle():
     assert output.prediction_outputs.shape == (6, 16, 1)
 
 
+@pytest.mark.parametrize("missing", ["error", "mask"])
+def test_collator_built_prompts_give_the_same_output_as_the_model_building_them(missing, tmp_path):
+    frame = pd.read_csv(DATA_DIR / "ETTh1.csv.gz").iloc[:2000]
+    if missing == "mask":
+        frame.loc[700:705, "HUFL"] = np.nan
+    path = tmp_path / "holes.csv"
+    frame.to_csv(path, index=False)
+    splits = load_forecasting_dataset(path, context_length=64, prediction_length=16, missing=missing)
+    model = tiny_model(context_length=64, prediction_length=16).eval()
+    items = [splits["train"][i] for i in range(630, 650)]
+    plain = BalmTsfDataCollator()(items)
+    with_prompts = BalmTsfDataCollator(model_config=model.config, tokenizer=model.tokenizer)(items)
+    assert with_prompts["prompt_input_ids"].shape[0] == 20
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model(**with_prompts).prediction_outputs, model(**plain).prediction_outputs, rtol=0, atol=0
+        )
+    with pytest.raises(ValueError, match="both"):
+        BalmTsfDataCollator(model_config=model.config)
+
+
 def test_collator_rejects_items_without_past_values():
     with pytest.raises(ValueError, match="empty list"):
         BalmTsfDataCollator()([])

@@ -435,6 +435,37 @@ def test_bad_past_values_raise_a_clear_error(past_values, match):
         model(past_values=past_values)
 
 
+def test_past_observed_mask_ignores_missing_values():
+    model = tiny_model().eval()
+    past = torch.randn(2, 64, 1) * 3 + 5
+    mask = torch.ones_like(past)
+    mask[0, 10:14] = 0
+    holes = past.clone()
+    holes[0, 10:14] = float("nan")
+    with torch.no_grad():
+        output = model(past_values=holes, past_observed_mask=mask)
+        # Missing positions enter as the series' (observed) mean: the same as filling them with it by hand.
+        observed_mean = past[0][mask[0].bool()].mean()
+        filled = past.clone()
+        filled[0, 10:14] = observed_mean
+        normalized, loc, _ = BalmTsfRevIN(model.config)(holes, mask)
+    assert torch.isfinite(output.prediction_outputs).all()
+    assert torch.isclose(loc[0, 0, 0], observed_mean)
+    assert torch.all(normalized[0, 10:14] == 0)
+    with pytest.raises(ValueError, match="observed"):
+        model(past_values=holes, past_observed_mask=torch.ones_like(past))
+    with pytest.raises(ValueError, match="no observed value"):
+        model(past_values=holes, past_observed_mask=torch.zeros_like(past))
+    # With everything observed, the mask changes nothing.
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model(past_values=past, past_observed_mask=torch.ones_like(past)).prediction_outputs,
+            model(past_values=past).prediction_outputs,
+            rtol=0,
+            atol=1e-5,
+        )
+
+
 def test_integer_past_values_and_wrong_future_shape_raise():
     model = tiny_model()
     with pytest.raises(TypeError, match="floating"):
