@@ -3,8 +3,10 @@
 from transformers import AutoConfig, AutoModel, AutoModelForTimeSeriesPrediction
 
 from .backbones import DEFAULT_BACKBONE, PAPER_BACKBONE, load_backbone
+from .baselines import DLinearConfig, DLinearForForecasting, NaiveForecaster, SeasonalNaiveForecaster
 from .configuration_balm_tsf import BalmTsfConfig
 from .data import BalmTsfDataCollator, BalmTsfPreprocessor, load_forecasting_dataset
+from .metrics import compute_forecasting_metrics, load_forecasting_metric, make_compute_metrics
 from .modeling_balm_tsf import (
     BalmTsfForForecasting,
     BalmTsfForForecastingOutput,
@@ -35,6 +37,13 @@ __all__ = [
     "BalmTsfModelOutput",
     "BalmTsfPreTrainedModel",
     "BalmTsfPreprocessor",
+    "DLinearConfig",
+    "DLinearForForecasting",
+    "NaiveForecaster",
+    "SeasonalNaiveForecaster",
+    "compute_forecasting_metrics",
     "load_backbone",
     "load_forecasting_dataset",
+    "load_forecasting_metric",
+    "make_compute_metrics",
 ]
