@@ -243,3 +243,57 @@ def test_compute_metrics_ambiguous_or_missing_forecast_raises():
 def test_make_compute_metrics_rejects_bad_metric_names(metrics, error):
     with pytest.raises(error):
         make_compute_metrics(metrics=metrics)
+
+
+def _windows(count: int, context_length: int, horizon: int) -> list[dict[str, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(0)
+    series = torch.randn(count + context_length + horizon, generator=generator).cumsum(0) / 10
+    return [
+        {
+            "past_values": series[s : s + context_length, None],
+            "future_values": series[s + context_length : s + context_length + horizon, None],
+        }
+        for s in range(count)
+    ]
+
+
+@pytest.mark.parametrize("model_name", ["dlinear", "balm_tsf"])
+def test_trainer_evaluate_reports_metrics_over_every_window(tmp_path, model_name):
+    from conftest import tiny_model
+    from transformers import Trainer, TrainingArguments
+
+    from balm_hf.baselines import DLinearConfig, DLinearForForecasting
+
+    if model_name == "dlinear":
+        torch.manual_seed(0)
+        model = DLinearForForecasting(DLinearConfig(context_length=64, prediction_length=16))
+    else:
+        model = tiny_model()  # context 64, horizon 16; gathers a tuple of five output fields
+    model.eval()
+    items = _windows(10, 64, 16)  # batches of 4, 4 and 2: the last, incomplete batch must count
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_eval_batch_size=4,
+        label_names=["future_values"],
+        prediction_loss_only=False,
+        include_for_metrics=["inputs"],
+        report_to=[],
+        use_cpu=True,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        eval_dataset=items,
+        compute_metrics=make_compute_metrics(metrics=("mse", "mae", "mase")),
+    )
+    metrics = trainer.evaluate()
+
+    past = torch.stack([item["past_values"] for item in items])
+    future = torch.stack([item["future_values"] for item in items])
+    with torch.no_grad():
+        # Batch by batch as the Trainer does: in paper mode, BALM-TSF pads the prompts to the longest in the batch.
+        prediction = torch.cat([model(past_values=past[s : s + 4]).prediction_outputs for s in range(0, 10, 4)])
+    expected = compute_forecasting_metrics(prediction, future, past_values=past)
+    assert metrics["eval_mse"] == pytest.approx(expected["mse"], rel=1e-5)
+    assert metrics["eval_mae"] == pytest.approx(expected["mae"], rel=1e-5)
+    assert metrics["eval_mase"] == pytest.approx(expected["mase"], rel=1e-5)
