@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 AutoConfig.register(BalmTsfConfig.model_type, BalmTsfConfig, exist_ok=True)
 AutoModel.register(BalmTsfConfig, BalmTsfModel, exist_ok=True)
 AutoModelForTimeSeriesPrediction.register(BalmTsfConfig, BalmTsfForForecasting, exist_ok=True)
-# Saved folders carry `auto_map` and the modeling code, so they load with `trust_remote_code=True` without this package.
+# Saved folders carry `auto_map` and the modeling code: they load with `trust_remote_code=True` without the package.
 BalmTsfConfig.register_for_auto_class()
 BalmTsfModel.register_for_auto_class("AutoModel")
 BalmTsfForForecasting.register_for_auto_class("AutoModelForTimeSeriesPrediction")

@@ -100,6 +100,8 @@ class BalmTsfConfig(PretrainedConfig):
     """
 
     model_type = "balm_tsf"
+    # `Trainer.predict`/`evaluate` keep only the forecast among the outputs.
+    keys_to_ignore_at_inference = ["mse_loss", "alignment_loss", "loc", "scale", "ts_embeddings", "text_embeddings"]
     sub_configs = {"llm_config": AutoConfig}
     attribute_map = {
         "hidden_size": "d_model",

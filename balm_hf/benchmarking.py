@@ -1,0 +1,312 @@
+"""Throughput, memory and utilisation measurements of BALM-TSF (used by `scripts/benchmark.py`)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .configuration_balm_tsf import BalmTsfConfig
+from .modeling_balm_tsf import BalmTsfForForecasting, prepare_prompt_inputs
+
+
+# Switches of the documented fast mode (each one is described in `BalmTsfConfig`).
+FAST_MODE_SWITCHES: dict[str, Any] = {
+    "prompt_attention_mask": True,
+    "prompt_padding_side": "left",
+    "prompt_float_decimals": 2,
+    "prompt_stable_lags": True,
+    "use_prefix_cache": True,
+}
+MODES = ("paper", "fast")
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass
+class BenchmarkSetting:
+    r"""
+    One measured configuration.
+
+    Args:
+        backbone (`str`): `"gpt2-shape"` (random GPT-2 architecture, `llm_layers` x `llm_width`, built from a config)
+            or a Hub id / local folder of a pretrained backbone.
+        mode (`str`): `"paper"` (prompts built in `forward`, paper switches) or `"fast"` ([`FAST_MODE_SWITCHES`] and
+            prompts prepared by the data collator outside the timed step; their cost is reported separately).
+        precision (`str`): `"fp32"` or `"bf16"` (autocast).
+    """
+
+    backbone: str = "gpt2-shape"
+    mode: str = "paper"
+    precision: str = "fp32"
+    llm_layers: int = 6
+    llm_width: int = 768
+    batch_size: int = 24
+    inference_batch_sizes: tuple[int, ...] = (24, 256)
+    context_length: int = 512
+    prediction_length: int = 96
+    d_model: int = 32
+    d_ff: int = 128
+    steps: int = 10
+    warmup: int = 2
+    compile: bool = False
+    tokenizer: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.steps < 1 or self.warmup < 0:
+            raise ValueError(f"steps must be >= 1 and warmup >= 0, got {self.steps} and {self.warmup}")
+
+
+def _default_tokenizer_dir() -> str:
+    """A BERT WordPiece tokenizer that ships offline (the fixture one, else the MiniLM package's)."""
+    from .backbones import resolve_backbone
+
+    return resolve_backbone("sentence-transformers/all-MiniLM-L6-v2")
+
+
+def build_model(setting: BenchmarkSetting, **overrides: Any) -> BalmTsfForForecasting:
+    """Build the model of a setting (random GPT-2-shaped backbones are built from a config, offline)."""
+    from transformers import AutoTokenizer, GPT2Config
+
+    switches = dict(FAST_MODE_SWITCHES) if setting.mode == "fast" else {}
+    switches.update(setting.extra)
+    switches.update(overrides)
+    common = dict(
+        context_length=setting.context_length,
+        prediction_length=setting.prediction_length,
+        d_model=setting.d_model,
+        d_ff=setting.d_ff,
+        llm_layers=setting.llm_layers,
+        **switches,
+    )
+    if setting.backbone == "gpt2-shape":
+        tokenizer = AutoTokenizer.from_pretrained(setting.tokenizer or _default_tokenizer_dir())
+        llm_config = GPT2Config(
+            n_layer=setting.llm_layers,
+            n_embd=setting.llm_width,
+            n_head=max(1, setting.llm_width // 64),
+            vocab_size=len(tokenizer),
+            bos_token_id=None,
+            eos_token_id=None,
+        )
+        model = BalmTsfForForecasting(BalmTsfConfig(llm_config=llm_config, **common))
+        model.set_tokenizer(tokenizer)
+        return model
+    return BalmTsfForForecasting.from_backbone_pretrained(setting.backbone, **common)
+
+
+def _synthetic_batch(setting: BenchmarkSetting, batch_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    steps = torch.arange(setting.context_length + setting.prediction_length, dtype=torch.float32)
+    phase = torch.rand(batch_size, 1, generator=generator) * 6.28
+    series = torch.sin(steps[None] / 24 * 6.28 + phase) + 0.3 * torch.randn(
+        batch_size, steps.numel(), generator=generator
+    )
+    series = series + torch.linspace(0, 1, steps.numel())[None] * torch.randn(batch_size, 1, generator=generator)
+    return {
+        "past_values": series[:, : setting.context_length, None].contiguous(),
+        "future_values": series[:, setting.context_length :, None].contiguous(),
+    }
+
+
+def _median_seconds(function: Callable[[], None], steps: int, warmup: int) -> float:
+    for _ in range(warmup):
+        function()
+    timings = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        function()
+        timings.append(time.perf_counter() - start)
+    return statistics.median(timings)
+
+
+def llm_forward_flops(config: BalmTsfConfig, tokens: int, readout_tokens: int | None = None) -> float:
+    """Multiply-add FLOPs (x2) of one forward of the frozen LLM over `tokens` positions, per series."""
+    llm = config.llm_config
+    width = llm.hidden_size
+    inner = getattr(llm, "intermediate_size", None) or getattr(llm, "n_inner", None) or 4 * width
+    dense = 2 * tokens * (4 * width * width + 2 * width * inner)  # QKV + output projection + MLP
+    attention = 2 * 2 * tokens * tokens * width  # scores and weighted sum
+    return float(config.llm_layers * (dense + attention))
+
+
+def matmul_peak_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
+    """Achieved GFLOP/s of a square matrix multiply on this machine (the utilisation reference)."""
+    a = torch.randn(size, size).to(dtype)
+    b = torch.randn(size, size).to(dtype)
+    seconds = _median_seconds(lambda: torch.mm(a, b), repeats, 1)
+    return 2 * size**3 / seconds / 1e9
+
+
+def _autocast(setting: BenchmarkSetting) -> contextlib.AbstractContextManager:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.autocast(device, dtype=torch.bfloat16, enabled=setting.precision == "bf16")
+
+
+def _peak_memory_mb() -> dict[str, float]:
+    peak = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if torch.cuda.is_available():
+        peak["peak_gpu_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return peak
+
+
+def measure(setting: BenchmarkSetting, phase: str = "all") -> dict[str, Any]:
+    r"""
+    Measure one setting in this process.
+
+    `phase="train"` measures training (forward + loss + backward + Adam step), `"inference"` eval forwards,
+    `"all"` both. Peak memory is the process peak, so run one phase per process for a clean figure (what
+    [`run_isolated`] does).
+    """
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    model = build_model(setting).to(device)
+    if setting.compile:
+        model.model.text_encoder.llm = torch.compile(model.model.text_encoder.llm, dynamic=True)
+    config = model.config
+    result: dict[str, Any] = {
+        "setting": asdict(setting),
+        "phase": phase,
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "total_parameters": sum(p.numel() for p in model.parameters()),
+    }
+
+    def prompt_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return prepare_prompt_inputs(batch["past_values"], config, model.tokenizer)
+
+    def to_device(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {key: value.to(device) for key, value in batch.items()}
+
+    batch = _synthetic_batch(setting, setting.batch_size)
+    prompts = prompt_inputs(batch)
+    text_tokens = prompts["prompt_input_ids"].shape[1]
+    tokens = text_tokens + config.prompt_length
+    if config.use_prefix_cache and model.model.text_encoder.is_causal and config.text_branch == "llm":
+        # The learnable prompt runs once per batch, not once per series.
+        executed = text_tokens + config.prompt_length / setting.batch_size
+    else:
+        executed = tokens
+    result["llm_tokens_per_series"] = int(tokens)
+    result["llm_executed_tokens_per_series"] = float(executed)
+    result["prompt_build_ms_per_batch"] = 1000 * _median_seconds(lambda: prompt_inputs(batch), 5, 1)
+
+    step_batch = to_device({**batch, **prompts} if setting.mode == "fast" else batch)
+    if phase in ("train", "all"):
+        model.train()
+        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+        def train_step() -> None:
+            with _autocast(setting):
+                loss = model(**step_batch).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+
+        seconds = _median_seconds(train_step, setting.steps, setting.warmup)
+        result["train_step_s"] = seconds
+        result["train_samples_per_s"] = setting.batch_size / seconds
+        # Training runs the LLM forward and its input-gradient backward: about twice the forward FLOPs.
+        result["llm_train_gflop_per_sample"] = 2 * llm_forward_flops(config, executed) / 1e9
+    if phase in ("inference", "all"):
+        model.eval()
+        for batch_size in setting.inference_batch_sizes:
+            inference_batch = _synthetic_batch(setting, batch_size, seed=1)
+            if setting.mode == "fast":
+                inference_batch.update(prompt_inputs(inference_batch))
+            inference_batch = to_device({k: v for k, v in inference_batch.items() if k != "future_values"})
+
+            def infer(inputs: dict[str, torch.Tensor] = inference_batch) -> None:
+                with torch.no_grad(), _autocast(setting):
+                    model(**inputs)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+
+            seconds = _median_seconds(infer, max(3, setting.steps // 2), max(1, setting.warmup))
+            result[f"inference_samples_per_s_bs{batch_size}"] = batch_size / seconds
+        result["llm_inference_gflop_per_sample"] = llm_forward_flops(config, executed) / 1e9
+    result.update(_peak_memory_mb())
+    return result
+
+
+def run_isolated(setting: BenchmarkSetting, phase: str) -> dict[str, Any]:
+    """Run [`measure`] in a fresh Python process so that its peak memory is its own."""
+    code = (
+        "import json, sys; from balm_hf.benchmarking import BenchmarkSetting, measure; "
+        "s = BenchmarkSetting(**json.loads(sys.argv[1])); "
+        "print('@@RESULT@@' + json.dumps(measure(s, sys.argv[2])))"
+    )
+    payload = asdict(setting)
+    payload["inference_batch_sizes"] = list(setting.inference_batch_sizes)
+    completed = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(payload), phase], capture_output=True, text=True, check=False
+    )
+    for line in completed.stdout.splitlines():
+        if line.startswith("@@RESULT@@"):
+            return json.loads(line[len("@@RESULT@@") :])
+    raise RuntimeError(f"benchmark subprocess failed for {setting} ({phase}):\n{completed.stderr[-4000:]}")
+
+
+def machine_info() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "processor": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    try:
+        info["git_revision"] = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=Path(__file__).parent
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        info["git_revision"] = None
+    return info
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def iter_settings(
+    backbones: list[str], modes: list[str], precisions: list[str], **kwargs: Any
+) -> Iterator[BenchmarkSetting]:
+    for backbone in backbones:
+        for mode in modes:
+            for precision in precisions:
+                yield BenchmarkSetting(backbone=backbone, mode=mode, precision=precision, **kwargs)
+
+
+__all__ = [
+    "FAST_MODE_SWITCHES",
+    "BenchmarkSetting",
+    "build_model",
+    "llm_forward_flops",
+    "machine_info",
+    "matmul_peak_gflops",
+    "measure",
+    "run_isolated",
+]

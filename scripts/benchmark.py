@@ -1,0 +1,186 @@
+#!/usr/bin/env python
+"""Measure BALM-TSF training/inference throughput, peak memory and LLM utilisation; print a table, write JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from balm_hf.benchmarking import (  # noqa: E402
+    BenchmarkSetting,
+    iter_settings,
+    machine_info,
+    matmul_peak_gflops,
+    run_isolated,
+)
+
+
+# The original implementation measured on this machine kind (2 CPU cores), batch 24, L=512, H=96 (issue tracker).
+ORIGINAL_REFERENCE = {
+    ("gpt2-shape", 768, "fp32"): {
+        "train_samples_per_s": 9.9,
+        "inference_samples_per_s_bs24": 19.8,
+        "peak_rss_mb": 2768,
+    },
+    ("gpt2-shape", 768, "bf16"): {
+        "train_samples_per_s": 28.2,
+        "inference_samples_per_s_bs24": 42.7,
+        "peak_rss_mb": 1762,
+    },
+    ("gpt2-shape", 384, "fp32"): {
+        "train_samples_per_s": 27.1,
+        "inference_samples_per_s_bs24": 57.5,
+        "peak_rss_mb": 1529,
+    },
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--backbones",
+        nargs="+",
+        default=["gpt2-shape"],
+        help="gpt2-shape (random GPT-2 architecture from a config) or Hub ids / local folders",
+    )
+    parser.add_argument("--llm-width", type=int, default=768, help="width of the gpt2-shape backbone")
+    parser.add_argument("--llm-layers", type=int, default=6)
+    parser.add_argument("--modes", nargs="+", default=["paper", "fast"], choices=["paper", "fast"])
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    parser.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=24)
+    parser.add_argument("--inference-batch-sizes", type=int, nargs="+", default=[24, 256])
+    parser.add_argument("--context-length", type=int, default=512)
+    parser.add_argument("--prediction-length", type=int, default=96)
+    parser.add_argument("--d-model", type=int, default=32)
+    parser.add_argument("--d-ff", type=int, default=128)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the LLM backbone")
+    parser.add_argument("--no-llm-share", action="store_true", help="skip the no-LLM runs that split step time")
+    parser.add_argument(
+        "--output", type=Path, default=None, help="JSON file to write (e.g. results/benchmark_cpu.json)"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = parse_args(argv)
+    common = dict(
+        llm_layers=args.llm_layers,
+        llm_width=args.llm_width,
+        batch_size=args.batch_size,
+        inference_batch_sizes=tuple(args.inference_batch_sizes),
+        context_length=args.context_length,
+        prediction_length=args.prediction_length,
+        d_model=args.d_model,
+        d_ff=args.d_ff,
+        steps=args.steps,
+        warmup=args.warmup,
+        compile=args.compile,
+    )
+    peaks = {
+        "fp32": matmul_peak_gflops(__import__("torch").float32),
+        "bf16": matmul_peak_gflops(__import__("torch").bfloat16),
+    }
+    rows = []
+    for setting in iter_settings(args.backbones, args.modes, args.precisions, **common):
+        train = run_isolated(setting, "train")
+        inference = run_isolated(setting, "inference")
+        row = {**train, **{k: v for k, v in inference.items() if k.startswith("inference") or k.startswith("llm_inf")}}
+        row["peak_rss_mb_train"] = train["peak_rss_mb"]
+        row["peak_rss_mb_inference"] = inference["peak_rss_mb"]
+        if not args.no_llm_share:
+            twin = BenchmarkSetting(
+                **{
+                    **row["setting"],
+                    "extra": {**setting.extra, "text_branch": "no_llm"},
+                    "inference_batch_sizes": tuple(args.inference_batch_sizes),
+                }
+            )
+            outside = run_isolated(twin, "train")["train_step_s"]
+            llm_seconds = row["train_step_s"] - outside
+            row["share_outside_llm"] = min(outside / row["train_step_s"], 1.0)
+            if llm_seconds > 0:  # timing noise can make the difference meaningless on tiny models
+                row["llm_train_gflops"] = row["llm_train_gflop_per_sample"] * setting.batch_size / llm_seconds
+                row["llm_utilisation"] = row["llm_train_gflops"] / peaks[setting.precision]
+        reference = ORIGINAL_REFERENCE.get((setting.backbone, setting.llm_width, setting.precision))
+        if reference and setting.llm_layers == 6 and setting.batch_size == 24:
+            row["original"] = reference
+            row["train_speedup_vs_original"] = row["train_samples_per_s"] / reference["train_samples_per_s"]
+            row["inference_speedup_vs_original"] = (
+                row["inference_samples_per_s_bs24"] / reference["inference_samples_per_s_bs24"]
+                if "inference_samples_per_s_bs24" in row
+                else None
+            )
+            fp32 = ORIGINAL_REFERENCE[(setting.backbone, setting.llm_width, "fp32")]
+            row["train_speedup_vs_original_fp32"] = row["train_samples_per_s"] / fp32["train_samples_per_s"]
+            if "inference_samples_per_s_bs24" in row:
+                row["inference_speedup_vs_original_fp32"] = (
+                    row["inference_samples_per_s_bs24"] / fp32["inference_samples_per_s_bs24"]
+                )
+        rows.append(row)
+        print(format_row(row), flush=True)
+    report = {"machine": machine_info(), "matmul_peak_gflops": peaks, "command": " ".join(sys.argv), "rows": rows}
+    print(format_table(report))
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(report, indent=2))
+    return rows
+
+
+def format_row(row: dict) -> str:
+    s = row["setting"]
+    return (
+        f"{s['backbone']}({s['llm_layers']}x{s['llm_width'] if s['backbone'] == 'gpt2-shape' else ''}) "
+        f"{s['mode']}/{s['precision']}: train {row['train_samples_per_s']:.1f}/s, "
+        f"infer {row.get('inference_samples_per_s_bs24', float('nan')):.1f}/s"
+    )
+
+
+def format_table(report: dict) -> str:
+    peaks = report["matmul_peak_gflops"]
+    lines = [
+        f"matmul peak: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s; "
+        f"machine: {report['machine']['processor']} x{report['machine']['cpu_count']}",
+        "| backbone | mode | precision | LLM tokens | train samples/s | infer bs24 /s | infer bs256 /s | "
+        "peak RSS train/infer MB | outside-LLM share | LLM GFLOP/s (util.) | x original (same prec.) | "
+        "x original fp32 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in report["rows"]:
+        s = row["setting"]
+        name = (
+            f"{s['backbone']} {s['llm_layers']}x{s['llm_width']}" if s["backbone"] == "gpt2-shape" else s["backbone"]
+        )
+        util = (
+            f"{row['llm_train_gflops']:.0f} ({100 * row['llm_utilisation']:.0f}%)" if "llm_utilisation" in row else "-"
+        )
+        share = f"{100 * row['share_outside_llm']:.0f}%" if "share_outside_llm" in row else "-"
+        same = (
+            f"{row['train_speedup_vs_original']:.2f} / {row['inference_speedup_vs_original']:.2f}"
+            if "train_speedup_vs_original" in row
+            else "-"
+        )
+        fp32 = (
+            f"{row['train_speedup_vs_original_fp32']:.2f} / {row['inference_speedup_vs_original_fp32']:.2f}"
+            if "train_speedup_vs_original_fp32" in row
+            else "-"
+        )
+        lines.append(
+            f"| {name} | {s['mode']} | {s['precision']} | {row['llm_tokens_per_series']} | "
+            f"{row['train_samples_per_s']:.1f} | {row.get('inference_samples_per_s_bs24', float('nan')):.1f} | "
+            f"{row.get('inference_samples_per_s_bs256', float('nan')):.1f} | "
+            f"{row['peak_rss_mb_train']:.0f}/{row['peak_rss_mb_inference']:.0f} | {share} | {util} | {same} | {fp32} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

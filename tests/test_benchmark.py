@@ -1,0 +1,54 @@
+"""The benchmark script runs end to end on a tiny configuration (no timing assertions)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+from conftest import REPO_ROOT
+
+from balm_hf.benchmarking import BenchmarkSetting, llm_forward_flops
+from balm_hf.configuration_balm_tsf import BalmTsfConfig
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("benchmark_script", REPO_ROOT / "scripts" / "benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_script_runs_end_to_end_on_a_tiny_configuration(tmp_path):
+    output = tmp_path / "bench.json"
+    rows = _load_script().main(
+        [
+            "--llm-width", "32", "--llm-layers", "2", "--d-ff", "16", "--steps", "1", "--warmup", "0",
+            "--batch-size", "4", "--inference-batch-sizes", "4", "8", "--context-length", "64",
+            "--prediction-length", "16", "--precisions", "fp32", "--output", str(output),
+        ]
+    )  # fmt: skip
+    report = json.loads(output.read_text())
+    assert (
+        [row["setting"]["mode"] for row in report["rows"]] == ["paper", "fast"] == [r["setting"]["mode"] for r in rows]
+    )
+    for row in report["rows"]:
+        assert row["train_samples_per_s"] > 0 and row["inference_samples_per_s_bs8"] > 0
+        assert row["trainable_parameters"] < row["total_parameters"]
+        assert row["peak_rss_mb_train"] > 0 and 0 < row["share_outside_llm"] <= 1
+    paper, fast = report["rows"]
+    assert fast["llm_tokens_per_series"] < paper["llm_tokens_per_series"]  # rounded numbers in the prompt
+    assert report["matmul_peak_gflops"]["fp32"] > 0 and report["machine"]["cpu_count"] >= 1
+
+
+def test_llm_flops_follow_the_transformer_formula():
+    config = BalmTsfConfig(llm_config={"model_type": "gpt2", "n_embd": 768, "n_head": 12}, llm_layers=6)
+    tokens = 89
+    dense = 2 * tokens * (4 * 768 * 768 + 2 * 768 * 3072)
+    attention = 4 * tokens * tokens * 768
+    assert llm_forward_flops(config, tokens) == 6 * (dense + attention)
+
+
+def test_benchmark_setting_rejects_unknown_modes():
+    with pytest.raises(ValueError, match="mode"):
+        BenchmarkSetting(mode="turbo")
