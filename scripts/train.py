@@ -1,0 +1,112 @@
+#!/usr/bin/env python
+"""Train and test one BALM-TSF experiment and save the Hub-ready folder.
+
+Usage:
+
+    # paper experiment, one or several GPUs (see configuration/accelerate/)
+    accelerate launch --config_file configuration/accelerate/one_gpu.yaml scripts/train.py \
+        --config configuration/long_term/etth1_96.yaml
+    # small CPU demo (configuration/default.yaml)
+    python scripts/train.py
+    # overrides: --set section.key=value (repeatable) or --section.key value
+    python scripts/train.py --set training.learning_rate=0.005 --training.num_train_epochs 2
+    # resume an interrupted run from its latest checkpoint (or from a given checkpoint folder)
+    python scripts/train.py --config ... --resume [outputs/<name>/checkpoint-120]
+
+Writes checkpoints to the output folder (`training.output_dir`, default `outputs/<name>`) and the Hub-ready folder
+(model, tokenizer, preprocessor_config.json, experiment.yaml, training_info.json, eval_results.json/.csv) to
+`<output folder>/final`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+# This folder holds `evaluate.py`, which would shadow the `evaluate` library that `balm_hf` imports: take the
+# script's folder off the import path before importing anything else.
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)
+
+import transformers  # noqa: E402
+
+from balm_hf.training import load_experiment_config, run_experiment  # noqa: E402
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO_ROOT / "configuration" / "default.yaml"
+logger = logging.getLogger("balm_hf.train")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=(
+            "Any config field can be overridden with --set section.key=value (values are YAML: 0.005, true, [a, b]) "
+            "or --section.key value, e.g. --set training.learning_rate=0.005, --model.config.llm_layers 2, "
+            "--set data.percent=10. Unknown keys and impossible values are refused with a message naming them."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--config", type=Path, default=DEFAULT_CONFIG, help=f"experiment YAML (default: {DEFAULT_CONFIG})"
+    )
+    parser.add_argument(
+        "--output-dir", type=Path, default=None, help="run folder (default: training.output_dir of the config)"
+    )
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config field"
+    )
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="CHECKPOINT",
+        help="resume from the latest checkpoint of the output folder, or from CHECKPOINT",
+    )
+    args, unknown = parser.parse_known_args(argv)
+    overrides = list(args.overrides)
+    index = 0
+    while index < len(unknown):
+        token = unknown[index]
+        if not token.startswith("--") or "." not in token.split("=", 1)[0]:
+            parser.error(f"unrecognized argument {token!r} (overrides look like --section.key value)")
+        if "=" in token:
+            overrides.append(token[2:])
+            index += 1
+        elif index + 1 < len(unknown):
+            overrides.append(f"{token[2:]}={unknown[index + 1]}")
+            index += 2
+        else:
+            parser.error(f"override {token} needs a value")
+    if isinstance(args.resume, str):
+        args.resume = Path(args.resume)
+    return args, overrides
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, overrides = parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    transformers.logging.set_verbosity_info()
+    try:
+        config = load_experiment_config(args.config, overrides)
+    except (ValueError, FileNotFoundError) as error:
+        logger.error(str(error))
+        return 2
+    result = run_experiment(config, output_dir=args.output_dir, resume_from_checkpoint=args.resume)
+    for row in result.eval_rows:
+        logger.info(
+            f"test {row['dataset']} L={row['context_length']} H={row['prediction_length']} "
+            f"drop_last={row['drop_last']}: mse={row['mse']:.6f} mae={row['mae']:.6f} over {row['num_items']} items"
+        )
+    logger.info(f"saved {result.final_dir} in {result.training_info['wall_time_s']:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
