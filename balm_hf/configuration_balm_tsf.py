@@ -74,10 +74,13 @@ class BalmTsfConfig(PretrainedConfig):
             the order of the mirrored lags in the paper's prompt comes from floating point noise and can change with
             the batch layout or the hardware. `True` symmetrises the autocorrelation, rounds it to 1e-5 of its lag-0
             value and breaks ties toward the smaller lag: every series gets the same prompt in any batch.
-        use_prefix_cache (`bool`, *optional*, defaults to `False`):
-            **(beyond)** For causal (decoder-only) backbones, compute the key/value states of the learnable prompt once
-            per forward and share them across the batch instead of recomputing them for every sample. Exact up to
-            floating point reordering. Ignored for bidirectional backbones and when `text_branch="no_llm"`.
+        use_prefix_cache (`bool`, *optional*):
+            For causal (decoder-only) backbones, compute the states of the learnable prompt once per forward and share
+            them across the batch instead of recomputing them for every series: they do not depend on the text that
+            follows. `None` (default) does it at inference only, where it is exact up to floating point reordering, so
+            paper mode keeps the paper's function. **(beyond)** `True` also does it in training, where it is exact when
+            the backbone has no dropout; with backbone dropout the prefix then shares one dropout mask per batch.
+            `False` never does it. Ignored for bidirectional backbones and when `text_branch="no_llm"`.
         contrastive_mask_own_positive (`bool`, *optional*, defaults to `False`):
             **(beyond)** The paper's negatives are the positives rolled by one along the batch, so every sample's own
             positive is also among its negatives. `True` masks that duplicate out of the InfoNCE logits.
@@ -133,7 +136,7 @@ class BalmTsfConfig(PretrainedConfig):
         prompt_padding_side: str | None = None,
         prompt_float_decimals: int | None = None,
         prompt_stable_lags: bool = False,
-        use_prefix_cache: bool = False,
+        use_prefix_cache: bool | None = None,
         contrastive_mask_own_positive: bool = False,
         init_std: float | None = None,
         **kwargs: Any,

@@ -353,7 +353,8 @@ class BalmTsfTextEncoder(nn.Module):
             # Real tokens get consecutive positions whatever the padding side, so a padded row equals the row alone.
             kwargs["position_ids"] = (full_mask.cumsum(dim=1) - 1).clamp_min(0)
 
-        if config.use_prefix_cache and self.is_causal:
+        use_cache = config.use_prefix_cache if config.use_prefix_cache is not None else not self.training
+        if use_cache and self.is_causal:
             return self._forward_with_prefix_cache(prompt, token_embeddings, kwargs)
 
         full = torch.cat([prompt.unsqueeze(0).expand(series, -1, -1), token_embeddings], dim=1)

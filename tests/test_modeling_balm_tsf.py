@@ -122,7 +122,8 @@ def test_config_defaults_are_the_papers():
         1.0,
     )
     assert (config.num_patches, config.prompt_length) == (64, 12)
-    assert not config.prompt_attention_mask and config.prompt_padding_side is None and not config.use_prefix_cache
+    assert not config.prompt_attention_mask and config.prompt_padding_side is None
+    assert config.use_prefix_cache is None  # exact: only at inference
     assert [BalmTsfConfig(prediction_length=h).prompt_length for h in (96, 192, 336, 720)] == [12, 24, 42, 64]
 
 
@@ -590,11 +591,27 @@ def test_masked_mse_ignores_unobserved_entries_and_rejects_shape_mismatch():
 def test_prefix_cache_gives_the_same_forecast_as_no_cache(switches):
     model, inputs = BalmTsfModelTester(batch_size=4, **switches).build(BalmTsfForForecasting)
     with torch.no_grad():
+        model.config.use_prefix_cache = False
         plain = model(**inputs)
-        model.config.use_prefix_cache = True
+        model.config.use_prefix_cache = None  # default: on at inference
         cached = model(**inputs)
     torch.testing.assert_close(cached.prediction_outputs, plain.prediction_outputs, rtol=0, atol=1e-5)
     torch.testing.assert_close(cached.loss, plain.loss, rtol=1e-5, atol=1e-6)
+
+
+def test_prefix_cache_is_used_at_inference_only_by_default():
+    model, inputs = BalmTsfModelTester().build(BalmTsfForForecasting)
+    calls = []
+    model.model.text_encoder.llm.register_forward_hook(
+        lambda module, args, kwargs, out: calls.append(1), with_kwargs=True
+    )
+    with torch.no_grad():
+        model(**inputs)
+    assert len(calls) == 2  # the prefix once, then the text with the cached prefix
+    calls.clear()
+    model.train()
+    model(**inputs)
+    assert len(calls) == 1
 
 
 def test_prefix_cache_keeps_gradients_identical():
