@@ -29,7 +29,7 @@ def resolve_backbone(name_or_path: str | os.PathLike | None = None) -> str:
             module = __import__(module_name)
         except ImportError:
             return name
-        local = Path(module.__file__).resolve().parent / folder
+        local = Path(str(module.__file__)).resolve().parent / folder
         if local.is_dir():
             return str(local)
     return name

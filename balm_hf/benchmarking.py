@@ -125,7 +125,7 @@ def _synthetic_batch(setting: BenchmarkSetting, batch_size: int, seed: int = 0) 
     }
 
 
-def _median_seconds(function: Callable[[], None], steps: int, warmup: int) -> float:
+def _median_seconds(function: Callable[[], object], steps: int, warmup: int) -> float:
     for _ in range(warmup):
         function()
     timings = []
@@ -136,7 +136,7 @@ def _median_seconds(function: Callable[[], None], steps: int, warmup: int) -> fl
     return statistics.median(timings)
 
 
-def llm_forward_flops(config: BalmTsfConfig, tokens: int, readout_tokens: int | None = None) -> float:
+def llm_forward_flops(config: BalmTsfConfig, tokens: float) -> float:
     """Multiply-add FLOPs (x2) of one forward of the frozen LLM over `tokens` positions, per series."""
     llm = config.llm_config
     width = llm.hidden_size
@@ -176,7 +176,8 @@ def measure(setting: BenchmarkSetting, phase: str = "all") -> dict[str, Any]:
     """
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
-    model = build_model(setting).to(device)
+    model = build_model(setting)
+    model.to(device)  # type: ignore[arg-type]  # transformers' decorated `to` is typed for models only
     if setting.compile:
         model.model.text_encoder.llm = torch.compile(model.model.text_encoder.llm, dynamic=True)
     config = model.config
@@ -187,8 +188,12 @@ def measure(setting: BenchmarkSetting, phase: str = "all") -> dict[str, Any]:
         "total_parameters": sum(p.numel() for p in model.parameters()),
     }
 
+    tokenizer = model.tokenizer
+    if tokenizer is None:
+        raise ValueError("the benchmarked model has no tokenizer")
+
     def prompt_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return prepare_prompt_inputs(batch["past_values"], config, model.tokenizer)
+        return prepare_prompt_inputs(batch["past_values"], config, tokenizer)
 
     def to_device(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {key: value.to(device) for key, value in batch.items()}

@@ -174,9 +174,9 @@ class BalmTsfConfig(PretrainedConfig):
             raise ValueError(f"`alignment_weight` must be non-negative, got {alignment_weight!r}")
         if not contrastive_temperature > 0:
             raise ValueError(f"`contrastive_temperature` must be positive, got {contrastive_temperature!r}")
-        for name, value in (("revin_eps", revin_eps), ("scale_eps", scale_eps)):
-            if not value > 0:
-                raise ValueError(f"`{name}` must be positive, got {value!r}")
+        for name, eps in (("revin_eps", revin_eps), ("scale_eps", scale_eps)):
+            if not eps > 0:
+                raise ValueError(f"`{name}` must be positive, got {eps!r}")
         if text_branch not in _TEXT_BRANCHES:
             raise ValueError(f"`text_branch` must be one of {_TEXT_BRANCHES}, got {text_branch!r}")
         if prompt_padding_side not in _PADDING_SIDES:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,12 +47,12 @@ class BalmTsfModelOutput(ModelOutput):
             RevIN standard deviation (with `revin_eps`) of each input series.
     """
 
-    ts_embeddings: torch.FloatTensor | None = None
-    text_embeddings: torch.FloatTensor | None = None
-    fused_embeddings: torch.FloatTensor | None = None
-    llm_readout: torch.FloatTensor | None = None
-    loc: torch.FloatTensor | None = None
-    scale: torch.FloatTensor | None = None
+    ts_embeddings: torch.Tensor | None = None
+    text_embeddings: torch.Tensor | None = None
+    fused_embeddings: torch.Tensor | None = None
+    llm_readout: torch.Tensor | None = None
+    loc: torch.Tensor | None = None
+    scale: torch.Tensor | None = None
 
 
 @dataclass
@@ -80,14 +81,14 @@ class BalmTsfForForecastingOutput(ModelOutput):
             Rescaled text branch embeddings, returned with `output_hidden_states=True`.
     """
 
-    loss: torch.FloatTensor | None = None
-    mse_loss: torch.FloatTensor | None = None
-    alignment_loss: torch.FloatTensor | None = None
-    prediction_outputs: torch.FloatTensor | None = None
-    loc: torch.FloatTensor | None = None
-    scale: torch.FloatTensor | None = None
-    ts_embeddings: torch.FloatTensor | None = None
-    text_embeddings: torch.FloatTensor | None = None
+    loss: torch.Tensor | None = None
+    mse_loss: torch.Tensor | None = None
+    alignment_loss: torch.Tensor | None = None
+    prediction_outputs: torch.Tensor | None = None
+    loc: torch.Tensor | None = None
+    scale: torch.Tensor | None = None
+    ts_embeddings: torch.Tensor | None = None
+    text_embeddings: torch.Tensor | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -144,10 +145,7 @@ def format_prompts(statistics: dict[str, torch.Tensor], float_decimals: int | No
     values = torch.stack([statistics["min"], statistics["max"], statistics["median"]], dim=-1).tolist()
     upward = (statistics["trend"] > 0).tolist()
     lags = statistics["lags"].tolist()
-    if float_decimals is None:
-        fmt = str
-    else:
-        fmt = f"{{:.{float_decimals}f}}".format
+    fmt: Callable[[float], str] = str if float_decimals is None else f"{{:.{float_decimals}f}}".format
     return [
         f"min value {fmt(lo)}, max value {fmt(hi)}, median value {fmt(med)}, "
         f"the trend of input is {'upward' if up else 'downward'}, top 5 lags are : {lag}, "
@@ -415,6 +413,7 @@ class BalmTsfForecastHead(nn.Module):
 
 
 class BalmTsfPreTrainedModel(PreTrainedModel):
+    config: BalmTsfConfig
     config_class = BalmTsfConfig
     base_model_prefix = "model"
     main_input_name = "past_values"
@@ -445,7 +444,10 @@ class BalmTsfPreTrainedModel(PreTrainedModel):
 
     def get_text_encoder(self) -> BalmTsfTextEncoder:
         base = self.model if isinstance(self, BalmTsfForForecasting) else self
-        return base.text_encoder
+        encoder = base.text_encoder
+        if not isinstance(encoder, BalmTsfTextEncoder):
+            raise TypeError(f"unexpected text encoder {type(encoder).__name__}")
+        return encoder
 
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase | None:
@@ -470,7 +472,9 @@ class BalmTsfPreTrainedModel(PreTrainedModel):
         return result
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
+    def from_pretrained(  # type: ignore[override]
+        cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any
+    ) -> Any:
         """Load the model and attach the tokenizer stored next to it (when the folder or repo has one)."""
         loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded
