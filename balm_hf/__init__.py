@@ -6,6 +6,8 @@ from .backbones import DEFAULT_BACKBONE, PAPER_BACKBONE, load_backbone
 from .baselines import DLinearConfig, DLinearForForecasting, NaiveForecaster, SeasonalNaiveForecaster
 from .configuration_balm_tsf import BalmTsfConfig
 from .data import BalmTsfDataCollator, BalmTsfPreprocessor, load_forecasting_dataset
+from .forecasting import BalmTsfForecaster, forecast, plot_forecast
+from .hub import push_folder_to_hub, render_model_card, validate_folder
 from .metrics import compute_forecasting_metrics, load_forecasting_metric, make_compute_metrics
 from .modeling_balm_tsf import (
     BalmTsfForForecasting,
@@ -31,6 +33,7 @@ __all__ = [
     "PAPER_BACKBONE",
     "BalmTsfConfig",
     "BalmTsfDataCollator",
+    "BalmTsfForecaster",
     "BalmTsfForForecasting",
     "BalmTsfForForecastingOutput",
     "BalmTsfModel",
@@ -42,8 +45,13 @@ __all__ = [
     "NaiveForecaster",
     "SeasonalNaiveForecaster",
     "compute_forecasting_metrics",
+    "forecast",
     "load_backbone",
     "load_forecasting_dataset",
     "load_forecasting_metric",
     "make_compute_metrics",
+    "plot_forecast",
+    "push_folder_to_hub",
+    "render_model_card",
+    "validate_folder",
 ]

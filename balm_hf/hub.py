@@ -1,0 +1,893 @@
+"""Sharing trained BALM-TSF folders: contract checks, model card rendering and upload to the Hugging Face Hub."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import tempfile
+import threading
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pandas as pd
+import torch
+import yaml
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, constants
+from safetensors import SafetensorError, safe_open
+from transformers import AutoTokenizer
+
+from .backbones import PAPER_BACKBONE
+from .configuration_balm_tsf import BalmTsfConfig
+from .data import BalmTsfPreprocessor, get_split_config
+from .modeling_balm_tsf import BalmTsfForForecasting
+
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
+PREPROCESSOR_FILE = "preprocessor_config.json"
+EXPERIMENT_FILE = "experiment.yaml"
+TRAINING_INFO_FILE = "training_info.json"
+EVAL_RESULTS_FILE = "eval_results.json"
+EVAL_RESULTS_CSV_FILE = "eval_results.csv"
+MODEL_CARD_FILE = "README.md"
+# Every file a trained folder must hold besides the weights and the tokenizer (see `validate_folder`).
+CONTRACT_FILES = (
+    CONFIG_FILE,
+    PREPROCESSOR_FILE,
+    EXPERIMENT_FILE,
+    TRAINING_INFO_FILE,
+    EVAL_RESULTS_FILE,
+    EVAL_RESULTS_CSV_FILE,
+)
+TRAINING_INFO_KEYS = (
+    "experiment",
+    "seed",
+    "wall_time_s",
+    "train_samples_per_second",
+    "epochs_completed",
+    "best_checkpoint",
+    "best_validation_mse",
+    "versions",
+    "git_revision",
+    "hardware",
+)
+EVAL_ROW_KEYS = (
+    "model",
+    "dataset",
+    "context_length",
+    "prediction_length",
+    "split",
+    "mse",
+    "mae",
+    "num_windows",
+    "num_items",
+    "drop_last",
+    "percent",
+)
+# Never uploaded: pickled objects (e.g. the `training_args.bin` that `Trainer.save_model` writes) can run code on load.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+HUB_TAGS = ("time-series", "forecasting", "balm-tsf", "llm", "multimodal", "contrastive-learning")
+DEFAULT_LICENSE = "apache-2.0"
+DEFAULT_COMMIT_MESSAGE = "Upload BALM-TSF checkpoint"
+_HUB_ID_PATTERN = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
+
+
+def model_card_template_path() -> Path:
+    """Path of the model card template shipped in the package (`balm_hf/resources/hub_cards/model_card_template.md`).
+
+    The package copy is the single source of truth; `hub_cards/model_card_template.md` at the repository root is an
+    identical copy for readers of the repository (a test keeps the two equal).
+    """
+    return Path(str(resources.files("balm_hf").joinpath("resources", "hub_cards", "model_card_template.md")))
+
+
+# -- reading and checking a trained folder ---------------------------------------------------------------------------
+
+
+@dataclass
+class TrainedFolder:
+    r"""
+    The parsed contents of a trained BALM-TSF folder, as returned by [`validate_folder`].
+
+    Args:
+        path (`Path`): the folder.
+        config (`BalmTsfConfig`): the model configuration (`config.json`).
+        preprocessor (`BalmTsfPreprocessor`, *optional*): the fitted scaler (`preprocessor_config.json`).
+        training_info (`dict`): `training_info.json` (empty when absent and not required).
+        experiment (`dict`): `experiment.yaml` (empty when absent and not required).
+        eval_rows (`list[dict]`): the rows of `eval_results.json` (empty when absent and not required).
+        weight_files (`list[str]`): the safetensors files holding the weights.
+    """
+
+    path: Path
+    config: BalmTsfConfig
+    preprocessor: BalmTsfPreprocessor | None = None
+    training_info: dict[str, Any] = field(default_factory=dict)
+    experiment: dict[str, Any] = field(default_factory=dict)
+    eval_rows: list[dict[str, Any]] = field(default_factory=list)
+    weight_files: list[str] = field(default_factory=list)
+
+
+def _as_folder(folder: str | os.PathLike) -> Path:
+    path = Path(folder)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is not a folder (expected a trained BALM-TSF folder)")
+    return path
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from error
+
+
+def _load_config(folder: Path) -> BalmTsfConfig:
+    path = folder / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the folder holds no model configuration")
+    raw = _read_json(path)
+    if not isinstance(raw, dict) or raw.get("model_type") != BalmTsfConfig.model_type:
+        found = raw.get("model_type") if isinstance(raw, dict) else type(raw).__name__
+        raise ValueError(f"{path}: `model_type` is {found!r}, expected {BalmTsfConfig.model_type!r}")
+    try:
+        return BalmTsfConfig.from_pretrained(folder)
+    except (ValueError, TypeError, KeyError) as error:
+        raise ValueError(f"{path} does not describe a valid BALM-TSF model: {error}") from error
+
+
+def _load_preprocessor(folder: Path, config: BalmTsfConfig) -> BalmTsfPreprocessor:
+    path = folder / PREPROCESSOR_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the folder holds no fitted scaler")
+    try:
+        preprocessor = BalmTsfPreprocessor.from_pretrained(folder)
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        raise ValueError(f"{path} is not a valid BALM-TSF preprocessor: {error}") from error
+    channels = preprocessor.num_channels
+    if config.num_input_channels not in (1, channels):
+        raise ValueError(
+            f"{path} scales {channels} columns {preprocessor.columns} but {folder / CONFIG_FILE} expects "
+            f"`num_input_channels`={config.num_input_channels} (must be 1, channel-independent, or {channels})"
+        )
+    for name in ("context_length", "prediction_length"):
+        value = getattr(preprocessor, name, None)
+        if value is not None and value != getattr(config, name):
+            raise ValueError(
+                f"{path} was fitted for `{name}`={value} but {folder / CONFIG_FILE} has "
+                f"`{name}`={getattr(config, name)}"
+            )
+    return preprocessor
+
+
+def _load_training_info(folder: Path, required: bool) -> dict[str, Any]:
+    path = folder / TRAINING_INFO_FILE
+    if not path.is_file():
+        if required:
+            raise FileNotFoundError(f"{path} is missing (resolved config, versions, seed, hardware of the run)")
+        return {}
+    info = _read_json(path)
+    if not isinstance(info, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(info).__name__}")
+    if required:
+        missing = [key for key in TRAINING_INFO_KEYS if key not in info]
+        if missing:
+            raise ValueError(f"{path} lacks the keys {missing} (expected {list(TRAINING_INFO_KEYS)})")
+    return info
+
+
+def _load_experiment(folder: Path, required: bool) -> dict[str, Any]:
+    path = folder / EXPERIMENT_FILE
+    if not path.is_file():
+        if required:
+            raise FileNotFoundError(f"{path} is missing (the resolved experiment configuration)")
+        return {}
+    try:
+        experiment = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path} is not valid YAML: {error}") from error
+    if not isinstance(experiment, dict):
+        raise ValueError(f"{path} must hold a YAML mapping, got {type(experiment).__name__}")
+    return experiment
+
+
+def _check_eval_row(row: Any, index: int, path: Path) -> dict[str, Any]:
+    if not isinstance(row, dict):
+        raise ValueError(f"{path}: row {index} must be an object, got {type(row).__name__}")
+    missing = [key for key in EVAL_ROW_KEYS if key not in row]
+    if missing:
+        raise ValueError(f"{path}: row {index} lacks the keys {missing}")
+    for key in ("mse", "mae"):
+        value = row[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{path}: row {index} has a non-finite or non-numeric `{key}`: {value!r}")
+    for key in ("context_length", "prediction_length", "num_windows", "num_items"):
+        if isinstance(row[key], bool) or not isinstance(row[key], int):
+            raise ValueError(f"{path}: row {index} `{key}` must be an integer, got {row[key]!r}")
+    return row
+
+
+def _load_eval_rows(folder: Path, config: BalmTsfConfig, required: bool) -> list[dict[str, Any]]:
+    path = folder / EVAL_RESULTS_FILE
+    if not path.is_file():
+        if required:
+            raise FileNotFoundError(f"{path} is missing (the test metrics written by scripts/evaluate.py)")
+        return []
+    results = _read_json(path)
+    if not isinstance(results, dict) or not isinstance(results.get("rows"), list):
+        raise ValueError(f'{path} must hold {{"rows": [...]}}')
+    rows = [_check_eval_row(row, index, path) for index, row in enumerate(results["rows"])]
+    for index, row in enumerate(rows):
+        if (row["context_length"], row["prediction_length"]) != (config.context_length, config.prediction_length):
+            raise ValueError(
+                f"{path}: row {index} reports context_length={row['context_length']}, "
+                f"prediction_length={row['prediction_length']}, but the model in {folder / CONFIG_FILE} has "
+                f"{config.context_length} and {config.prediction_length}: the results belong to another model"
+            )
+    return rows
+
+
+def _check_eval_csv(folder: Path) -> None:
+    path = folder / EVAL_RESULTS_CSV_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing (the CSV that scripts/evaluate.py writes next to the JSON)")
+    try:
+        frame = pd.read_csv(path)
+    except (ValueError, pd.errors.ParserError) as error:
+        raise ValueError(f"{path} is not a readable CSV: {error}") from error
+    missing = [column for column in ("mse", "mae") if column not in frame.columns]
+    if missing:
+        raise ValueError(f"{path} lacks the columns {missing} (has {list(frame.columns)})")
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    single, index = folder / WEIGHTS_FILE, folder / WEIGHTS_INDEX_FILE
+    if single.is_file():
+        return [single]
+    if index.is_file():
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise ValueError(f"{index} has no `weight_map`")
+        shards = [folder / name for name in sorted(set(weight_map.values()))]
+        absent = [str(shard) for shard in shards if not shard.is_file()]
+        if absent:
+            raise FileNotFoundError(f"{index} lists the shards {absent}, which are missing")
+        return shards
+    pickled = sorted(path.name for path in folder.iterdir() if path.suffix in PICKLE_SUFFIXES)
+    hint = f" (found pickled files {pickled}, which are never loaded: re-save with safetensors)" if pickled else ""
+    raise FileNotFoundError(f"{single} is missing: the folder holds no safetensors weights{hint}")
+
+
+def _check_weights(folder: Path, config: BalmTsfConfig) -> list[Path]:
+    """Open every safetensors file (never a pickle) and compare its tensors with the model `config.json` describes."""
+    files = _weight_files(folder)
+    stored: dict[str, tuple[int, ...]] = {}
+    origin: dict[str, Path] = {}
+    for path in files:
+        try:
+            with safe_open(str(path), framework="pt") as weights:
+                for key in weights.keys():
+                    stored[key] = tuple(weights.get_slice(key).get_shape())
+                    origin[key] = path
+        except (SafetensorError, OSError) as error:
+            raise ValueError(
+                f"{path} is not a readable safetensors file (truncated or corrupted?): {error}"
+            ) from error
+    with torch.device("meta"):
+        expected_model = BalmTsfForForecasting(config)
+    expected = {key: tuple(tensor.shape) for key, tensor in expected_model.state_dict().items()}
+    missing = sorted(set(expected) - set(stored))
+    unexpected = sorted(set(stored) - set(expected))
+    mismatched = sorted(key for key in set(expected) & set(stored) if expected[key] != stored[key])
+    if missing or unexpected or mismatched:
+        problems = []
+        if mismatched:
+            examples = "; ".join(
+                f"{key}: file {stored[key]} vs config {expected[key]} ({origin[key].name})" for key in mismatched[:3]
+            )
+            problems.append(f"{len(mismatched)} tensors have other shapes (e.g. {examples})")
+        if missing:
+            problems.append(f"{len(missing)} tensors are missing (e.g. {missing[:3]})")
+        if unexpected:
+            problems.append(f"{len(unexpected)} tensors are unexpected (e.g. {unexpected[:3]})")
+        names = ", ".join(str(path) for path in files)
+        raise ValueError(
+            f"{names} does not match {folder / CONFIG_FILE}: {'; '.join(problems)}. The weights come from a model "
+            "with a different configuration."
+        )
+    return files
+
+
+def _check_remote_code(folder: Path) -> None:
+    """The `auto_map` modules and their relative imports must sit in the folder for `trust_remote_code=True`."""
+    path = folder / CONFIG_FILE
+    auto_map = _read_json(path).get("auto_map")
+    if not isinstance(auto_map, dict) or "AutoModelForTimeSeriesPrediction" not in auto_map:
+        raise ValueError(
+            f"{path} has no `auto_map` entry for AutoModelForTimeSeriesPrediction, so the folder cannot load with "
+            "`trust_remote_code=True`; re-save the model with `balm_hf` imported"
+        )
+    pending = [str(reference).split("--")[-1].split(".")[0] for reference in auto_map.values()]
+    seen: set[str] = set()
+    while pending:
+        module = pending.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        source = folder / f"{module}.py"
+        if not source.is_file():
+            raise FileNotFoundError(f"{source} is missing: {path} `auto_map` or its modeling code needs it")
+        pending.extend(re.findall(r"^\s*from\s+\.(\w+)\s+import", source.read_text(encoding="utf-8"), re.MULTILINE))
+
+
+def _read_folder(folder: str | os.PathLike, strict: bool) -> TrainedFolder:
+    path = _as_folder(folder)
+    config = _load_config(path)
+    preprocessor_path = path / PREPROCESSOR_FILE
+    preprocessor = _load_preprocessor(path, config) if strict or preprocessor_path.is_file() else None
+    return TrainedFolder(
+        path=path,
+        config=config,
+        preprocessor=preprocessor,
+        training_info=_load_training_info(path, required=strict),
+        experiment=_load_experiment(path, required=strict),
+        eval_rows=_load_eval_rows(path, config, required=strict),
+    )
+
+
+def validate_folder(folder: str | os.PathLike) -> TrainedFolder:
+    r"""
+    Check that a trained folder holds every file of the checkpoint contract and that each one loads.
+
+    The contract (what `scripts/train.py` writes and what [`push_folder_to_hub`] uploads):
+
+    - `config.json` with `model_type = "balm_tsf"` and an `auto_map`, plus the modeling code it names
+      (`modeling_balm_tsf.py` and its relative imports), so the folder loads with `trust_remote_code=True`;
+    - `model.safetensors` (or a safetensors index and its shards) whose tensors have exactly the names and shapes of
+      the model `config.json` describes. Weights are only read as safetensors, never unpickled;
+    - the tokenizer files of the backbone;
+    - `preprocessor_config.json` (the fitted scaler) for as many columns as the model has channels (or any number for
+      a channel-independent model) and for the model's context and horizon;
+    - `experiment.yaml`, `training_info.json` (with every key of `TRAINING_INFO_KEYS`), `eval_results.json` (rows for
+      this model's context and horizon) and `eval_results.csv`.
+
+    Finally the model is loaded from the folder and run once on a synthetic window.
+
+    Args:
+        folder (`str` or `os.PathLike`): the trained folder.
+
+    Returns:
+        [`TrainedFolder`]: the parsed configuration, preprocessor, training info, experiment and evaluation rows.
+
+    Raises:
+        `FileNotFoundError`: a contract file is missing (the message names it).
+        `ValueError`: a file does not load or does not match the others (the message names it and says why).
+    """
+    trained = _read_folder(folder, strict=True)
+    path = trained.path
+    _check_eval_csv(path)
+    _check_remote_code(path)
+    trained.weight_files = [str(file) for file in _check_weights(path, trained.config)]
+    try:
+        AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, TypeError) as error:
+        raise FileNotFoundError(
+            f"{path} holds no loadable tokenizer files (tokenizer_config.json, ...): {error}"
+        ) from error
+
+    model = BalmTsfForForecasting.from_pretrained(path, use_safetensors=True)
+    if model.tokenizer is None:
+        raise FileNotFoundError(f"{path}: the model loaded without a tokenizer; save the tokenizer next to it")
+    config = trained.config
+    # A smooth synthetic window: one forward pass checks that the tokenizer and the weights work together.
+    steps = torch.arange(config.context_length, dtype=torch.float32)
+    window = torch.sin(steps / 7.0)[None, :, None].expand(1, -1, config.num_input_channels).contiguous()
+    with torch.no_grad():
+        prediction = model(past_values=window).prediction_outputs
+    if not bool(torch.isfinite(prediction).all()):
+        raise ValueError(f"{path}: the model loaded from {WEIGHTS_FILE} produces non-finite forecasts")
+    return trained
+
+
+# -- model card ------------------------------------------------------------------------------------------------------
+
+
+def _find_value(mapping: Any, names: tuple[str, ...]) -> Any:
+    """The first value stored under one of `names`, searching nested mappings depth-first (`None` if absent)."""
+    if not isinstance(mapping, dict):
+        return None
+    for name in names:
+        if name in mapping and not isinstance(mapping[name], dict):
+            return mapping[name]
+    for value in mapping.values():
+        found = _find_value(value, names)
+        if found is not None:
+            return found
+    return None
+
+
+def _format_duration(seconds: Any) -> str:
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
+        return "not recorded"
+    seconds = round(float(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min {secs:02d} s"
+    if minutes:
+        return f"{minutes} min {secs:02d} s"
+    return f"{secs} s"
+
+
+def _format_hardware(hardware: Any) -> str:
+    if not isinstance(hardware, dict) or not hardware:
+        return "not recorded"
+    device = hardware.get("device_name") or hardware.get("device") or "unknown device"
+    parts = [f"{hardware.get('num_processes', 1)} x {device}"]
+    if hardware.get("device") and hardware.get("device_name"):
+        parts[0] += f" ({hardware['device']})"
+    if hardware.get("cpu_count") is not None:
+        parts.append(f"{hardware['cpu_count']} CPU cores")
+    parts.append(f"mixed precision: {hardware.get('mixed_precision') or 'no'}")
+    return ", ".join(parts)
+
+
+def _format_count(count: int) -> str:
+    return f"{count / 1e6:.2f}M" if count >= 1e6 else f"{count:,}"
+
+
+def _parameter_counts(config: BalmTsfConfig) -> tuple[int, int]:
+    """`(trainable, total)` parameters: everything but the frozen language model is trained."""
+    with torch.device("meta"):
+        model = BalmTsfForForecasting(config)
+    total = sum(parameter.numel() for parameter in model.parameters())
+    frozen = sum(parameter.numel() for parameter in model.get_text_encoder().llm.parameters())
+    return total - frozen, total
+
+
+def _is_hub_id(name: str | None) -> bool:
+    return bool(name) and not Path(str(name)).exists() and _HUB_ID_PATTERN.match(str(name)) is not None
+
+
+def _dataset_source(name: str | None) -> str | None:
+    if not name:
+        return None
+    try:
+        return get_split_config(name).get("url")
+    except ValueError:
+        return None
+
+
+def _eval_results(rows: list[dict[str, Any]]) -> list[EvalResult]:
+    """Two `EvalResult`s (MSE, MAE) per row of `eval_results.json`; the setting goes into the dataset config."""
+    results = []
+    for row in rows:
+        setting = f"L{row['context_length']}-H{row['prediction_length']}"
+        if row["percent"] != 100:
+            setting += f"-percent{row['percent']}"
+        if row["drop_last"]:
+            setting += "-drop_last"
+        for metric in ("mse", "mae"):
+            results.append(
+                EvalResult(
+                    task_type="time-series-forecasting",
+                    task_name="Time Series Forecasting",
+                    dataset_type=str(row["dataset"]),
+                    dataset_name=f"{row['dataset']} ({setting})",
+                    dataset_config=setting,
+                    dataset_split=str(row["split"]),
+                    dataset_args={
+                        "context_length": row["context_length"],
+                        "prediction_length": row["prediction_length"],
+                        "percent": row["percent"],
+                        "drop_last": bool(row["drop_last"]),
+                        "num_windows": row["num_windows"],
+                        "num_items": row["num_items"],
+                    },
+                    metric_type=metric,
+                    metric_name=f"{metric.upper()} (standardised)",
+                    metric_value=float(row[metric]),
+                )
+            )
+    return results
+
+
+def _limitations(config: BalmTsfConfig, backbone: str, dataset_name: str | None, folded: bool) -> list[str]:
+    items = []
+    if config.text_branch == "no_llm":
+        items.append(
+            "Ablation checkpoint (`text_branch='no_llm'`): the language model's blocks are skipped; the soft prompt "
+            "and the token embeddings go straight to the read-out."
+        )
+    elif not config.prompt_attention_mask:
+        items.append(
+            "Paper mode: the language model gets no attention mask over the prompt, so padding tokens are attended "
+            "like text and, with right padding, the read-out positions of short prompts can be padding. Prompts are "
+            "padded to the longest one in the batch, so a series' forecast can depend slightly on the other series "
+            "forecast with it."
+        )
+    if not config.contrastive_mask_own_positive:
+        items.append(
+            "Paper mode: the InfoNCE negatives are the positives rolled by one along the batch, so each sample's own "
+            "positive is also among its negatives (this affects training, not inference)."
+        )
+    items.append(
+        "The statistics prompt is rebuilt as text and re-tokenised on the CPU in every forward pass, so inference "
+        "costs more than the network alone."
+    )
+    if config.llm_name_or_path != PAPER_BACKBONE or config.llm_layers != 6:
+        items.append(
+            f"Backbone: this checkpoint uses `{backbone}` ({config.llm_config.model_type}, {config.llm_layers} "
+            f"blocks, width {config.d_llm}) instead of the paper's GPT-2 (`{PAPER_BACKBONE}`, first 6 blocks); its "
+            "numbers are not directly comparable with the paper's."
+        )
+    items.append(
+        "Point forecasts only (no uncertainty), no covariates or calendar features"
+        + (", and every channel is forecast on its own (no cross-channel information)." if folded else ".")
+    )
+    items.append(
+        f"Trained on {dataset_name or 'one dataset'} only, with its scaler; accuracy on other series is untested. The "
+        "training data and the backbone come with their own licenses: check them before reuse."
+    )
+    return items
+
+
+def _ordered_splits(borders: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Train, validation, test first (the JSON file stores them sorted by name), then any other split."""
+    if not borders:
+        return None
+    order = {name: index for index, name in enumerate(("train", "validation", "test"))}
+    return dict(sorted(borders.items(), key=lambda item: (order.get(item[0], len(order)), item[0])))
+
+
+def _card_context(trained: TrainedFolder, repo_id: str | None) -> dict[str, Any]:
+    config, preprocessor, info = trained.config, trained.preprocessor, trained.training_info
+    experiment = trained.experiment or info.get("experiment") or {}
+    dataset_name = getattr(preprocessor, "dataset_name", None)
+    if dataset_name is None and trained.eval_rows:
+        dataset_name = str(trained.eval_rows[0]["dataset"])
+    columns = list(preprocessor.columns) if preprocessor is not None else []
+    folded = config.num_input_channels == 1
+    backbone = config.llm_name_or_path or f"{config.llm_config.model_type} (weights' origin not recorded)"
+    trainable, total = _parameter_counts(config)
+    model_ref = repo_id or str(trained.path)
+    return {
+        "model_name": repo_id or trained.path.name,
+        "model_ref": model_ref,
+        "dataset_name": dataset_name,
+        "data_source": _dataset_source(dataset_name),
+        "data_file": f"{dataset_name}.csv" if dataset_name else "history.csv",
+        "date_column": getattr(preprocessor, "date_column", None) or "date",
+        "columns": columns,
+        "target": getattr(preprocessor, "target", None),
+        "frequency": getattr(preprocessor, "frequency", None),
+        "num_rows": getattr(preprocessor, "num_rows", None),
+        "split_borders": _ordered_splits(getattr(preprocessor, "split_borders", None)),
+        "scaler_rows": getattr(preprocessor, "scaler_rows", None),
+        "percent": getattr(preprocessor, "percent", None),
+        "context_length": config.context_length,
+        "prediction_length": config.prediction_length,
+        "num_input_channels": config.num_input_channels,
+        "channels_folded": folded,
+        "backbone": backbone,
+        "backbone_type": config.llm_config.model_type,
+        "llm_layers": config.llm_layers,
+        "d_llm": config.d_llm,
+        "text_branch": config.text_branch,
+        "alignment_weight": config.alignment_weight,
+        "contrastive_temperature": config.contrastive_temperature,
+        "num_parameters": _format_count(total),
+        "num_trainable_parameters": _format_count(trainable),
+        "training_recorded": bool(info),
+        "learning_rate": _find_value(experiment, ("learning_rate", "lr")),
+        "lr_schedule": _find_value(experiment, ("lr_scheduler_type", "lr_schedule", "lradj")),
+        "batch_size": _find_value(experiment, ("per_device_train_batch_size", "train_batch_size", "batch_size")),
+        "max_epochs": _find_value(experiment, ("num_train_epochs", "max_epochs", "train_epochs", "epochs")),
+        "early_stopping_patience": _find_value(experiment, ("early_stopping_patience", "patience")),
+        "epochs_completed": info.get("epochs_completed"),
+        "seed": info.get("seed"),
+        "best_checkpoint": info.get("best_checkpoint"),
+        "best_validation_mse": info.get("best_validation_mse"),
+        "hardware_text": _format_hardware(info.get("hardware")),
+        "wall_time_text": _format_duration(info.get("wall_time_s")),
+        "train_samples_per_second": info.get("train_samples_per_second"),
+        "git_revision": info.get("git_revision"),
+        "versions": info.get("versions") if isinstance(info.get("versions"), dict) else {},
+        "experiment_yaml": yaml.safe_dump(experiment, sort_keys=False).rstrip() if experiment else "",
+        "results": trained.eval_rows,
+        "limitations": _limitations(config, backbone, dataset_name, folded),
+    }
+
+
+def render_model_card(
+    folder: str | os.PathLike,
+    repo_id: str | None = None,
+    license: str = DEFAULT_LICENSE,
+    template_path: str | os.PathLike | None = None,
+) -> ModelCard:
+    r"""
+    Render the model card of a trained folder from its files and write it to `folder/README.md`.
+
+    Every number in the card comes from the folder: the shapes and backbone from `config.json`, the data and scaler
+    from `preprocessor_config.json`, the setup from `training_info.json`/`experiment.yaml`, and the `model-index`
+    results and the results table from `eval_results.json`. Only `config.json` is required; a card rendered without
+    the other files says what is not recorded. Call [`validate_folder`] for the strict check before sharing.
+
+    The metadata uses `library_name: transformers`: the folder loads with the `transformers` auto-classes and
+    `trust_remote_code=True` without this package, which is what the Hub's code snippets and download counts know
+    about (`balm-tsf` is not a library the Hub recognises, so it is a tag instead). `base_model` is the backbone id
+    recorded in `config.llm_name_or_path` when it is a Hub id (not a local path).
+
+    Args:
+        folder (`str` or `os.PathLike`): the trained folder.
+        repo_id (`str`, *optional*):
+            The Hub repository the folder is (or will be) pushed to; used as the model name and in the usage snippets.
+            Defaults to the folder's name and path.
+        license (`str`, *optional*, defaults to `"apache-2.0"`): the license identifier in the metadata.
+        template_path (`str` or `os.PathLike`, *optional*):
+            A Jinja template to use instead of the packaged one ([`model_card_template_path`]).
+
+    Returns:
+        `huggingface_hub.ModelCard`: the rendered card (also written to `folder/README.md`).
+    """
+    trained = _read_folder(folder, strict=False)
+    context = _card_context(trained, repo_id)
+    config = trained.config
+    dataset_name = context["dataset_name"]
+    tags = list(HUB_TAGS)
+    if dataset_name:
+        tags.append(str(dataset_name).lower())
+    card_data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="time-series-forecasting",
+        license=license,
+        tags=tags,
+        datasets=[str(dataset_name)] if dataset_name else None,
+        base_model=config.llm_name_or_path if _is_hub_id(config.llm_name_or_path) else None,
+        metrics=["mse", "mae"] if trained.eval_rows else None,
+        model_name=context["model_name"],
+        eval_results=_eval_results(trained.eval_rows) or None,
+    )
+    template = Path(template_path) if template_path is not None else model_card_template_path()
+    if not template.is_file():
+        raise FileNotFoundError(f"model card template {template} not found")
+    card = ModelCard.from_template(card_data, template_path=str(template), **context)
+    card.save(trained.path / MODEL_CARD_FILE)
+    return card
+
+
+# -- pushing ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class HubPushResult:
+    r"""
+    What [`push_folder_to_hub`] did.
+
+    Args:
+        repo_id (`str`): the target repository.
+        folder (`Path`): the prepared folder that was (or, with `dry_run`, would be) uploaded.
+        files (`list[str]`): the files of `folder`.
+        dry_run (`bool`): `True` if nothing was uploaded.
+        commit_url (`str`, *optional*): the URL of the upload commit.
+        repo_url (`str`, *optional*): the URL of the repository.
+    """
+
+    repo_id: str
+    folder: Path
+    files: list[str]
+    dry_run: bool
+    commit_url: str | None = None
+    repo_url: str | None = None
+
+
+def _offline_mode() -> bool:
+    flags = (os.environ.get("HF_HUB_OFFLINE"), os.environ.get("TRANSFORMERS_OFFLINE"))
+    return constants.HF_HUB_OFFLINE or any(str(flag).upper() in {"1", "ON", "YES", "TRUE"} for flag in flags)
+
+
+def check_hub_connection(endpoint: str | None = None, timeout: float = 3.0) -> None:
+    r"""
+    Fail fast when the Hub cannot be reached, instead of after minutes of upload retries.
+
+    Raises a `ConnectionError` when offline mode is on (`HF_HUB_OFFLINE`/`TRANSFORMERS_OFFLINE`) or when a single HTTP
+    request to `endpoint` gets no answer within `timeout` seconds (DNS resolution included). Any HTTP answer counts as
+    reachable. Proxies configured in the environment are used.
+
+    Args:
+        endpoint (`str`, *optional*): the Hub URL; defaults to `huggingface_hub.constants.ENDPOINT` (`HF_ENDPOINT`).
+        timeout (`float`, *optional*, defaults to 3.0): seconds to wait.
+    """
+    endpoint = endpoint or constants.ENDPOINT
+    if _offline_mode():
+        raise ConnectionError(
+            "cannot push to the Hub: offline mode is on (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set); unset it, "
+            "or use --dry-run to only prepare and validate the folder"
+        )
+    parsed = urlparse(endpoint)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ValueError(f"invalid Hub endpoint {endpoint!r}: expected an http(s) URL")
+    outcome: dict[str, BaseException | None] = {}
+
+    def probe() -> None:
+        request = urllib.request.Request(endpoint, method="HEAD")
+        try:
+            # urllib honours the proxy environment variables (HTTPS_PROXY, NO_PROXY, ...).
+            with urllib.request.urlopen(request, timeout=timeout):
+                pass
+            outcome["error"] = None
+        except urllib.error.HTTPError:
+            outcome["error"] = None  # the server answered: the Hub is reachable
+        except Exception as error:  # any other failure means unreachable; the message names it
+            outcome["error"] = error
+
+    # A daemon thread bounds the wait, including DNS lookups that ignore socket timeouts.
+    thread = threading.Thread(target=probe, name="balm-tsf-hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout + 1.0)
+    if "error" not in outcome:
+        raise ConnectionError(
+            f"cannot reach the Hub at {endpoint}: no answer within {timeout:g} s; check the network or proxy, or use "
+            "--dry-run to only prepare and validate the folder"
+        )
+    if outcome["error"] is not None:
+        error = outcome["error"]
+        raise ConnectionError(
+            f"cannot reach the Hub at {endpoint} ({type(error).__name__}: {error}); check the network or proxy, or "
+            "use --dry-run to only prepare and validate the folder"
+        ) from error
+
+
+def prepare_upload_folder(
+    folder: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    repo_id: str | None = None,
+    render_card: bool = True,
+    license: str = DEFAULT_LICENSE,
+) -> TrainedFolder:
+    r"""
+    Copy what a Hub repository should hold from a trained folder into `output_dir`, render its card and validate it.
+
+    Copied: the top-level files of `folder` except pickled files (`*.bin`, `*.pt`, `*.pth`, `*.pkl`, `*.pickle`,
+    `*.ckpt`, e.g. `training_args.bin`), hidden files and sub-folders (Trainer checkpoints, logs). Files are
+    hard-linked when possible, so large weights are not duplicated on disk.
+
+    Args:
+        folder (`str` or `os.PathLike`): the trained folder.
+        output_dir (`str` or `os.PathLike`): an empty or new folder to fill.
+        repo_id (`str`, *optional*): the target repository, for the card.
+        render_card (`bool`, *optional*, defaults to `True`):
+            Render a fresh `README.md` with [`render_model_card`]; `False` keeps the folder's own `README.md`.
+        license (`str`, *optional*, defaults to `"apache-2.0"`): the license in the card's metadata.
+
+    Returns:
+        [`TrainedFolder`]: the validated contents of `output_dir`.
+    """
+    source = _as_folder(folder)
+    target = Path(output_dir)
+    if target.resolve() == source.resolve():
+        raise ValueError(f"`output_dir` must differ from the trained folder {source}")
+    if target.exists() and any(target.iterdir()):
+        raise ValueError(f"`output_dir` {target} is not empty")
+    target.mkdir(parents=True, exist_ok=True)
+    for path in sorted(source.iterdir()):
+        if not path.is_file() or path.name.startswith(".") or path.suffix in PICKLE_SUFFIXES:
+            continue
+        if render_card and path.name == MODEL_CARD_FILE:
+            continue
+        try:
+            os.link(path, target / path.name)
+        except OSError:
+            shutil.copy2(path, target / path.name)
+    trained = validate_folder(target)
+    if render_card:
+        render_model_card(target, repo_id=repo_id, license=license)
+    elif not (target / MODEL_CARD_FILE).is_file():
+        raise FileNotFoundError(f"{source / MODEL_CARD_FILE} is missing and `render_card=False`")
+    return trained
+
+
+def push_folder_to_hub(
+    folder: str | os.PathLike,
+    repo_id: str,
+    token: str | None = None,
+    private: bool = False,
+    commit_message: str = DEFAULT_COMMIT_MESSAGE,
+    dry_run: bool = False,
+    output_dir: str | os.PathLike | None = None,
+    render_card: bool = True,
+    license: str = DEFAULT_LICENSE,
+    endpoint: str | None = None,
+    connection_timeout: float = 3.0,
+) -> HubPushResult:
+    r"""
+    Push a trained folder (model, tokenizer, preprocessor, training info, results, card) to a Hub model repository.
+
+    This is how a trained folder is shared. `BalmTsfForForecasting.push_to_hub` (inherited from transformers) pushes
+    only the model and its tokenizer, without the fitted scaler, the training record or the results.
+
+    Steps: prepare a copy of the folder without pickled files or sub-folders and with a fresh model card
+    ([`prepare_upload_folder`]), validate it ([`validate_folder`]), then, unless `dry_run`, check that the Hub is
+    reachable ([`check_hub_connection`], a few seconds at most), create the repository (`exist_ok=True`) and upload
+    the prepared folder in one commit.
+
+    Args:
+        folder (`str` or `os.PathLike`): the trained folder.
+        repo_id (`str`): `"user/name"` or `"org/name"`.
+        token (`str`, *optional*): a Hub token with write access; defaults to the saved login or `HF_TOKEN`.
+        private (`bool`, *optional*, defaults to `False`): create the repository as private.
+        commit_message (`str`, *optional*): the message of the upload commit.
+        dry_run (`bool`, *optional*, defaults to `False`): only prepare and validate; no network access.
+        output_dir (`str` or `os.PathLike`, *optional*):
+            Where to prepare the upload. Defaults to a temporary folder, deleted after a push and kept (and returned)
+            after a dry run.
+        render_card (`bool`, *optional*, defaults to `True`): render a fresh `README.md` for `repo_id`.
+        license (`str`, *optional*, defaults to `"apache-2.0"`): the license in the card's metadata.
+        endpoint (`str`, *optional*): the Hub URL; defaults to `HF_ENDPOINT` or `https://huggingface.co`.
+        connection_timeout (`float`, *optional*, defaults to 3.0): seconds the connection check may take.
+
+    Returns:
+        [`HubPushResult`]: the prepared folder and its files, and the commit and repository URLs after a push.
+
+    Example:
+
+    ```python
+    >>> from balm_hf.hub import push_folder_to_hub
+    >>> result = push_folder_to_hub("runs/etth1_96", "me/balm-tsf-etth1-96", dry_run=True)  # doctest: +SKIP
+    >>> sorted(result.files)  # doctest: +SKIP
+    ['README.md', 'config.json', 'eval_results.csv', ...]
+    ```
+    """
+    if not isinstance(repo_id, str) or not _HUB_ID_PATTERN.match(repo_id) or "/" not in repo_id:
+        raise ValueError(f"`repo_id` must look like 'user/name', got {repo_id!r}")
+    if dry_run:
+        staging = Path(output_dir) if output_dir is not None else Path(tempfile.mkdtemp(prefix="balm-tsf-push-"))
+        prepare_upload_folder(folder, staging, repo_id=repo_id, render_card=render_card, license=license)
+        files = sorted(path.name for path in staging.iterdir())
+        logger.info("dry run: prepared %s for %s (%d files); nothing was uploaded", staging, repo_id, len(files))
+        return HubPushResult(repo_id=repo_id, folder=staging, files=files, dry_run=True)
+
+    # Fail before copying gigabytes when the Hub is out of reach.
+    check_hub_connection(endpoint, timeout=connection_timeout)
+    with tempfile.TemporaryDirectory(prefix="balm-tsf-push-") as scratch:
+        staging = Path(output_dir) if output_dir is not None else Path(scratch) / "upload"
+        prepare_upload_folder(folder, staging, repo_id=repo_id, render_card=render_card, license=license)
+        files = sorted(path.name for path in staging.iterdir())
+        api = HfApi(endpoint=endpoint, token=token)
+        repo_url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        commit = api.upload_folder(
+            repo_id=repo_id, folder_path=staging, commit_message=commit_message, repo_type="model"
+        )
+    return HubPushResult(
+        repo_id=repo_id,
+        folder=staging,
+        files=files,
+        dry_run=False,
+        commit_url=getattr(commit, "commit_url", None),
+        repo_url=str(repo_url),
+    )
+
+
+__all__ = [
+    "CONTRACT_FILES",
+    "HubPushResult",
+    "TrainedFolder",
+    "check_hub_connection",
+    "model_card_template_path",
+    "prepare_upload_folder",
+    "push_folder_to_hub",
+    "render_model_card",
+    "validate_folder",
+]
