@@ -1,0 +1,116 @@
+"""Train and test BALM-TSF and its baselines on the same splits; write `results/compare/<dataset>_L<L>_H<H>.*`.
+
+Example (ETTh1, L=512, H=96, BALM-TSF capped to fit a CPU):
+
+    python scripts/compare.py --dataset ETTh1 --prediction-length 96 \
+        --max-train-items-per-epoch balm_tsf=3000 --max-validation-items balm_tsf=2000 \
+        --time-budget-minutes balm_tsf=30
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+# `scripts/evaluate.py` would shadow the `evaluate` package that `balm_hf.metrics` imports: drop this folder from the
+# import path (Python puts the script's folder first).
+sys.path = [entry for entry in sys.path if Path(entry or ".").resolve() != Path(__file__).resolve().parent]
+
+from balm_hf.comparison import MODEL_NAMES, ComparisonSettings, results_paths, run_comparison  # noqa: E402
+
+
+def _per_model(values: list[str] | None, cast: Any, option: str) -> dict[str, Any]:
+    """`["3000"]` -> `{"*": 3000}`; `["balm_tsf=3000", "dlinear=100"]` -> per-model entries."""
+    result: dict[str, Any] = {}
+    for value in values or []:
+        key, _, number = value.rpartition("=")
+        try:
+            result[key or "*"] = cast(number)
+        except ValueError:
+            raise SystemExit(f"{option}: expected NUMBER or MODEL=NUMBER, got {value!r}") from None
+    return result
+
+
+def _key_values(values: list[str] | None, option: str) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for value in values or []:
+        key, sep, raw = value.partition("=")
+        if not sep:
+            raise SystemExit(f"{option}: expected KEY=VALUE, got {value!r}")
+        result[key] = yaml.safe_load(raw)
+    return result
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="ETTh1", help="benchmark name or CSV path")
+    parser.add_argument("--data-dir", default=None, help="folder of the benchmark files ($BALM_TSF_DATA_DIR)")
+    parser.add_argument("--split-config", default=None, help="split borders of this benchmark for a CSV path")
+    parser.add_argument("--context-length", type=int, default=512)
+    parser.add_argument("--prediction-length", type=int, default=96)
+    parser.add_argument("--models", default=",".join(MODEL_NAMES), help=f"comma-separated subset of {MODEL_NAMES}")
+    parser.add_argument("--backbone", default=None, help="BALM-TSF backbone (default: the offline MiniLM)")
+    parser.add_argument("--paper-mode", action="store_true", help="do not apply the fast-mode switches to BALM-TSF")
+    parser.add_argument("--balm-config", action="append", metavar="KEY=VALUE", help="BalmTsfConfig argument")
+    parser.add_argument("--patchtst-config", action="append", metavar="KEY=VALUE", help="PatchTSTConfig argument")
+    parser.add_argument("--learning-rate", action="append", metavar="[MODEL=]LR")
+    parser.add_argument("--batch-size", action="append", metavar="[MODEL=]N")
+    parser.add_argument("--eval-batch-size", type=int, default=128)
+    parser.add_argument("--max-epochs", type=int, default=100)
+    parser.add_argument("--patience", type=int, default=10)
+    parser.add_argument("--max-train-items-per-epoch", action="append", metavar="[MODEL=]N")
+    parser.add_argument("--max-validation-items", action="append", metavar="[MODEL=]N")
+    parser.add_argument("--time-budget-minutes", action="append", metavar="[MODEL=]MINUTES")
+    parser.add_argument("--season-length", type=int, default=24)
+    parser.add_argument("--seed", type=int, default=2021)
+    parser.add_argument("--num-workers", type=int, default=1, help="DataLoader workers of BALM-TSF (prompts)")
+    parser.add_argument("--output-dir", default="results/compare")
+    parser.add_argument("--work-dir", default=None, help="checkpoint folder (default: <output-dir>/checkpoints)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    command = shlex.join(["python", "scripts/compare.py", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        settings = ComparisonSettings(
+            dataset=args.dataset,
+            data_dir=args.data_dir,
+            split_config=args.split_config,
+            context_length=args.context_length,
+            prediction_length=args.prediction_length,
+            models=tuple(name.strip() for name in args.models.split(",") if name.strip()),
+            backbone=args.backbone,
+            fast_mode=not args.paper_mode,
+            balm_config=_key_values(args.balm_config, "--balm-config"),
+            patchtst_config=_key_values(args.patchtst_config, "--patchtst-config"),
+            learning_rates=_per_model(args.learning_rate, float, "--learning-rate"),
+            batch_sizes=_per_model(args.batch_size, int, "--batch-size"),
+            eval_batch_size=args.eval_batch_size,
+            max_epochs=args.max_epochs,
+            patience=args.patience,
+            max_train_items_per_epoch=_per_model(args.max_train_items_per_epoch, int, "--max-train-items-per-epoch"),
+            max_validation_items=_per_model(args.max_validation_items, int, "--max-validation-items"),
+            time_budget_minutes=_per_model(args.time_budget_minutes, float, "--time-budget-minutes"),
+            season_length=args.season_length,
+            seed=args.seed,
+            num_workers=args.num_workers,
+            output_dir=args.output_dir,
+            work_dir=args.work_dir,
+            command=command,
+        )
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
+    run_comparison(settings, log=lambda message: print(message, flush=True))
+    markdown = results_paths(settings)["md"]
+    print(Path(markdown).read_text(encoding="utf-8"))
+
+
+if __name__ == "__main__":
+    main()
