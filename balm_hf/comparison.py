@@ -452,6 +452,11 @@ def _caps(settings: ComparisonSettings, model: str) -> dict[str, Any]:
     return caps
 
 
+def _binding_caps(caps: Mapping[str, Any], stop_reason: str) -> list[str]:
+    """The caps that changed the run: all but a time budget that did not stop training."""
+    return [key for key in caps if key != "time_budget_minutes" or stop_reason == "time_budget"]
+
+
 def run_model(settings: ComparisonSettings, model_name: str, splits: Any) -> dict[str, Any]:
     r"""
     Train (for the trained models) and test one model; returns its results row (see [`RESULT_FIELDS`]).
@@ -558,7 +563,7 @@ def run_model(settings: ComparisonSettings, model_name: str, splits: Any) -> dic
         test_windows=metrics_row["num_windows"],
         inference_samples_per_s=forecasts.num_items / seconds,
         inference_wall_time_s=seconds,
-        paper_protocol=bool(trained and not caps),
+        paper_protocol=bool(trained and not _binding_caps(caps, row["stop_reason"])),
         caps=caps,
         notes="; ".join(notes),
     )
@@ -629,9 +634,12 @@ def _format_caps(row: Mapping[str, Any]) -> str:
         parts.append(f"{caps['max_train_items_per_epoch']} random train items/epoch")
     if "max_validation_items" in caps:
         parts.append(f"{caps['max_validation_items']} validation items")
-    if "time_budget_minutes" in caps:
-        parts.append(f"{_format_number(float(caps['time_budget_minutes']), 0)} min budget")
+    budget = caps.get("time_budget_minutes")
+    if budget is not None and row.get("stop_reason") == "time_budget":
+        parts.append(f"{_format_number(float(budget), 0)} min budget")
     protocol = "paper protocol" if not parts else "CAPPED: " + ", ".join(parts)
+    if budget is not None and row.get("stop_reason") != "time_budget":
+        protocol += f" ({_format_number(float(budget), 0)} min budget not reached)"
     return f"{protocol}; stopped by {row.get('stop_reason')}"
 
 

@@ -1,0 +1,137 @@
+"""End-to-end test of the comparison benchmark (`scripts/compare.py`, `balm_hf.comparison`) on a tiny setting."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import DATA_DIR, TOKENIZER_DIR, tiny_llm_config
+from transformers import AutoTokenizer, GPT2Model
+
+from balm_hf.comparison import MODEL_NAMES, ComparisonSettings, read_results, run_comparison
+
+
+CONTEXT, HORIZON, ROWS = 64, 16, 700
+TINY_BALM = ["llm_layers=2", "d_model=8", "d_ff=16", "patch_length=8", "patch_stride=4"]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A short CSV cut from ETTh1 (70/10/20 split protocol, so the test split is small) and a tiny GPT-2 backbone."""
+    folder = tmp_path_factory.mktemp("compare")
+    pd.read_csv(DATA_DIR / "ETTh1.csv.gz").iloc[:ROWS].to_csv(folder / "etth1_short.csv", index=False)
+    GPT2Model(tiny_llm_config()).save_pretrained(folder / "backbone")
+    AutoTokenizer.from_pretrained(TOKENIZER_DIR).save_pretrained(folder / "backbone")
+    return folder
+
+
+def _load_script():
+    path = Path(__file__).resolve().parents[1] / "scripts" / "compare.py"
+    spec = importlib.util.spec_from_file_location("compare_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _naive_mse_by_hand(csv_path: Path) -> float:
+    """Last-value forecast MSE on the 70/10/20 test split, scaled with train statistics: numpy only."""
+    values = pd.read_csv(csv_path).drop(columns="date").to_numpy(dtype=np.float64)
+    n = len(values)
+    n_train, n_test = int(0.7 * n), int(0.2 * n)
+    train = values[:n_train]
+    scaled = (values - train.mean(axis=0)) / train.std(axis=0)
+    test = scaled[n - n_test - CONTEXT :]
+    errors = []
+    for start in range(len(test) - CONTEXT - HORIZON + 1):
+        last = test[start + CONTEXT - 1]
+        future = test[start + CONTEXT : start + CONTEXT + HORIZON]
+        errors.append((future - last) ** 2)
+    return float(np.mean(errors))
+
+
+def test_comparison_script_writes_every_model_row_and_naive_mse_matches_numpy(workspace: Path) -> None:
+    output = workspace / "results"
+    argv = [
+        "--dataset",
+        str(workspace / "etth1_short.csv"),
+        "--context-length",
+        str(CONTEXT),
+        "--prediction-length",
+        str(HORIZON),
+        "--backbone",
+        str(workspace / "backbone"),
+        *[arg for item in TINY_BALM for arg in ("--balm-config", item)],
+        "--patchtst-config",
+        "d_model=8",
+        "--max-epochs",
+        "1",
+        "--max-train-items-per-epoch",
+        "48",
+        "--max-validation-items",
+        "48",
+        "--num-workers",
+        "0",
+        "--output-dir",
+        str(output),
+        "--work-dir",
+        str(workspace / "checkpoints"),
+    ]
+    _load_script().main(argv)
+
+    stem = f"etth1_short_L{CONTEXT}_H{HORIZON}"
+    rows = read_results(output / f"{stem}.json")
+    assert [row["model"] for row in rows] == list(MODEL_NAMES)
+    with (output / f"{stem}.csv").open(encoding="utf-8") as handle:
+        assert [row["model"] for row in csv.DictReader(handle)] == list(MODEL_NAMES)
+    markdown = (output / f"{stem}.md").read_text(encoding="utf-8")
+    assert "PatchTST (transformers)" in markdown and "CAPPED" in markdown and "scripts/compare.py" in markdown
+
+    test_items = 7 * (int(0.2 * ROWS) - HORIZON + 1)
+    for row in rows:
+        assert row["test_items"] == test_items, row["model"]  # the whole test split, every model
+        assert np.isfinite(row["mse"]) and np.isfinite(row["mae"])
+        assert row["run"]["git_revision"] is None or len(row["run"]["git_revision"]) == 40
+        assert "CPU" in row["run"]["machine"] or "GPU" in row["run"]["machine"]
+    by_model = {row["model"]: row for row in rows}
+    for name in ("balm_tsf", "balm_tsf_no_llm", "patchtst", "dlinear"):
+        row = by_model[name]
+        assert row["trainable_parameters"] > 0 and row["epochs_run"] == 1
+        assert row["train_items_per_epoch"] == 48 and row["validation_items"] == 48
+        assert row["paper_protocol"] is False and row["caps"]["max_train_items_per_epoch"] == 48
+    assert by_model["balm_tsf"]["total_parameters"] > by_model["balm_tsf"]["trainable_parameters"]  # frozen LLM
+    assert "fast-mode switches" in by_model["balm_tsf"]["notes"]
+    assert by_model["naive"]["trainable_parameters"] == 0
+    assert by_model["naive"]["mse"] == pytest.approx(_naive_mse_by_hand(workspace / "etth1_short.csv"), rel=1e-5)
+
+
+def test_time_budget_stops_at_the_first_epoch_boundary_and_is_reported(workspace: Path) -> None:
+    settings = ComparisonSettings(
+        dataset=str(workspace / "etth1_short.csv"),
+        context_length=CONTEXT,
+        prediction_length=HORIZON,
+        models=("dlinear",),
+        max_epochs=5,
+        time_budget_minutes={"dlinear": 1e-6},
+        output_dir=str(workspace / "budget"),
+        command="test",
+    )
+    (row,) = run_comparison(settings, log=lambda message: None)
+    assert row["stop_reason"] == "time_budget" and row["epochs_run"] == 1
+    assert row["paper_protocol"] is False
+    saved = json.loads((workspace / "budget" / f"{settings.stem}.json").read_text())
+    assert saved["rows"][0]["caps"] == {"max_epochs": 5, "time_budget_minutes": 1e-6}
+    assert "CAPPED" in (workspace / "budget" / f"{settings.stem}.md").read_text()
+
+
+def test_unknown_model_and_bad_caps_raise_value_error() -> None:
+    with pytest.raises(ValueError, match="unknown model 'arima'"):
+        ComparisonSettings(models=("arima",))
+    with pytest.raises(ValueError, match="naive"):
+        ComparisonSettings(max_train_items_per_epoch={"naive": 10})
+    with pytest.raises(ValueError, match="-3"):
+        ComparisonSettings(time_budget_minutes={"*": -3})
