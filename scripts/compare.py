@@ -22,7 +22,13 @@ import yaml
 # import path (Python puts the script's folder first).
 sys.path = [entry for entry in sys.path if Path(entry or ".").resolve() != Path(__file__).resolve().parent]
 
-from balm_hf.comparison import MODEL_NAMES, ComparisonSettings, results_paths, run_comparison  # noqa: E402
+from balm_hf.comparison import (  # noqa: E402
+    MODEL_NAMES,
+    ComparisonSettings,
+    results_paths,
+    run_comparison,
+    update_readme,
+)
 
 
 def _per_model(values: list[str] | None, cast: Any, option: str) -> dict[str, Any]:
@@ -72,11 +78,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-workers", type=int, default=1, help="DataLoader workers of BALM-TSF (prompts)")
     parser.add_argument("--output-dir", default="results/compare")
     parser.add_argument("--work-dir", default=None, help="checkpoint folder (default: <output-dir>/checkpoints)")
+    parser.add_argument(
+        "--update-readme",
+        action="store_true",
+        help="only regenerate the tables in <output-dir>/README.md from the results files there, then exit",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.update_readme:
+        print(f"updated {update_readme(Path(args.output_dir) / 'README.md', args.output_dir)}")
+        return
     command = shlex.join(["python", "scripts/compare.py", *(sys.argv[1:] if argv is None else argv)])
     try:
         settings = ComparisonSettings(
