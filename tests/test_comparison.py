@@ -13,7 +13,15 @@ import pytest
 from conftest import DATA_DIR, TOKENIZER_DIR, tiny_llm_config
 from transformers import AutoTokenizer, GPT2Model
 
-from balm_hf.comparison import MODEL_NAMES, ComparisonSettings, read_results, run_comparison
+from balm_hf.comparison import (
+    MODEL_NAMES,
+    README_END,
+    README_START,
+    ComparisonSettings,
+    read_results,
+    run_comparison,
+    update_readme,
+)
 
 
 CONTEXT, HORIZON, ROWS = 64, 16, 700
@@ -126,6 +134,12 @@ def test_time_budget_stops_at_the_first_epoch_boundary_and_is_reported(workspace
     saved = json.loads((workspace / "budget" / f"{settings.stem}.json").read_text())
     assert saved["rows"][0]["caps"] == {"max_epochs": 5, "time_budget_minutes": 1e-6}
     assert "CAPPED" in (workspace / "budget" / f"{settings.stem}.md").read_text()
+
+    readme = workspace / "budget" / "README.md"
+    readme.write_text(f"intro\n\n{README_START}\nstale\n{README_END}\noutro\n")
+    text = update_readme(readme, workspace / "budget").read_text()
+    assert text.startswith("intro") and text.rstrip().endswith("outro") and "stale" not in text
+    assert "| etth1_short L=64 H=16 | - | not run | not run | not run |" in text  # no published number for a CSV
 
 
 def test_unknown_model_and_bad_caps_raise_value_error() -> None:
