@@ -79,6 +79,7 @@ _RESERVED_MODEL_KEYS = {
 # `TrainingArguments` fields that `build_training_arguments` sets itself.
 _MANAGED_TRAINING_ARGS = {
     "output_dir",
+    "dataloader_pin_memory",
     "learning_rate",
     "lr_scheduler_type",
     "lr_scheduler_kwargs",
@@ -734,6 +735,36 @@ class ForecastOutput:
         return int(self.predictions.shape[0])
 
 
+def canonical_item_order(
+    window_index: np.ndarray, channel_index: np.ndarray, num_items: int
+) -> tuple[np.ndarray, int, int]:
+    r"""
+    The permutation that sorts evaluated items into the split's channel-major order (item `c * num_windows + w`),
+    after checking that every item of a split of `num_items` items appears exactly once.
+
+    Returns:
+        `tuple[np.ndarray, int, int]`: the permutation, the windows per channel and the number of channels.
+
+    Raises:
+        `RuntimeError`: when items are missing or repeated (e.g. distributed padding that was not removed).
+    """
+    window_index = np.asarray(window_index, dtype=np.int64)
+    channel_index = np.asarray(channel_index, dtype=np.int64)
+    if window_index.shape != channel_index.shape or window_index.ndim != 1 or len(window_index) == 0:
+        raise RuntimeError(f"expected matching 1-D item ids, got shapes {window_index.shape}, {channel_index.shape}")
+    num_channels = int(channel_index.max()) + 1
+    num_windows = num_items // num_channels
+    position = channel_index * num_windows + window_index
+    order = np.argsort(position, kind="stable")
+    if len(position) != num_items or not np.array_equal(position[order], np.arange(num_items)):
+        unique = len(np.unique(position))
+        raise RuntimeError(
+            f"evaluated {len(position)} items ({unique} distinct) for a split of {num_items}: every item must be "
+            "evaluated exactly once"
+        )
+    return order, num_windows, num_channels
+
+
 class BalmTsfTrainer(Trainer):
     r"""
     The stock `Trainer` plus what it cannot do on its own:
@@ -859,15 +890,7 @@ class BalmTsfTrainer(Trainer):
         mask = output.label_ids[3] if has_mask else None
         window_index = np.asarray(window_index, dtype=np.int64)
         channel_index = np.asarray(channel_index, dtype=np.int64)
-        num_items = len(dataset)
-        num_channels = int(channel_index.max()) + 1
-        num_windows = num_items // num_channels
-        order = np.argsort(channel_index * num_windows + window_index, kind="stable")
-        position = (channel_index * num_windows + window_index)[order]
-        if len(position) != num_items or not np.array_equal(position, np.arange(num_items)):
-            raise RuntimeError(
-                f"evaluated {len(position)} items for a split of {num_items}: some items are missing or repeated"
-            )
+        order, num_windows, num_channels = canonical_item_order(window_index, channel_index, len(dataset))
         return ForecastOutput(
             predictions=np.asarray(output.predictions)[order],
             references=np.asarray(references)[order],
@@ -942,6 +965,7 @@ def build_training_arguments(
         remove_unused_columns=False,
         save_total_limit=training.save_total_limit,
         dataloader_num_workers=training.dataloader_num_workers,
+        dataloader_pin_memory=torch.cuda.is_available() and not training.use_cpu,
         report_to=training.report_to,
         disable_tqdm=training.disable_tqdm,
         **training.extra_training_args,
@@ -1456,6 +1480,7 @@ def evaluate_pretrained(
         label_names=["future_values"],
         remove_unused_columns=False,
         bf16=bool(bf16 and torch.cuda.is_available()),
+        dataloader_pin_memory=torch.cuda.is_available(),
         report_to="none",
     )
     trainer = BalmTsfTrainer(model=model, args=args, data_collator=BalmTsfDataCollator())
@@ -1524,6 +1549,7 @@ __all__ = [
     "build_model",
     "build_trainer",
     "build_training_arguments",
+    "canonical_item_order",
     "collect_environment_info",
     "collect_training_info",
     "create_paper_scheduler",

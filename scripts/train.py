@@ -92,13 +92,17 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
 def main(argv: Sequence[str] | None = None) -> int:
     args, overrides = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_info()
     try:
-        config = load_experiment_config(args.config, overrides)
-    except (ValueError, FileNotFoundError) as error:
-        logger.error(str(error))
-        return 2
-    result = run_experiment(config, output_dir=args.output_dir, resume_from_checkpoint=args.resume)
+        try:
+            config = load_experiment_config(args.config, overrides)
+        except (ValueError, FileNotFoundError) as error:
+            logger.error(str(error))
+            return 2
+        result = run_experiment(config, output_dir=args.output_dir, resume_from_checkpoint=args.resume)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
     for row in result.eval_rows:
         logger.info(
             f"test {row['dataset']} L={row['context_length']} H={row['prediction_length']} "
