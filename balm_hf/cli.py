@@ -1,11 +1,9 @@
-"""The `balm-tsf` command line: forecast, push, and the train/evaluate scripts."""
+"""The `balm-tsf` command line: forecast, push, train and evaluate."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
-import runpy
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,9 +13,6 @@ import pandas as pd
 
 logger = logging.getLogger(__name__)
 
-# `train` and `evaluate` run the repository's scripts; they are not part of the installed package.
-SCRIPTS_DIR_ENV = "BALM_TSF_SCRIPTS_DIR"
-DELEGATED_COMMANDS = {"train": "train.py", "evaluate": "evaluate.py"}
 _ERRORS = (ValueError, TypeError, FileNotFoundError, ImportError, ConnectionError, OSError)
 
 
@@ -105,34 +100,91 @@ def run_forecast(args: argparse.Namespace) -> int:
     return 0
 
 
-def scripts_dir() -> Path:
-    """The repository's `scripts/` folder (or `$BALM_TSF_SCRIPTS_DIR`), where `train.py` and `evaluate.py` live."""
-    override = os.environ.get(SCRIPTS_DIR_ENV)
-    return Path(override) if override else Path(__file__).resolve().parents[1] / "scripts"
+def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", type=Path, required=True, help="experiment YAML (see configuration/ in the repository)"
+    )
+    parser.add_argument("--output-dir", type=Path, default=None, help="run folder (default: training.output_dir)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set training.learning_rate=0.005 (repeatable; values are YAML)",
+    )
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="CHECKPOINT",
+        help="resume from the latest checkpoint of the run folder, or from CHECKPOINT",
+    )
 
 
-def run_script(command: str, argv: Sequence[str]) -> int:
-    r"""
-    Run `scripts/<command>.py` with `argv` as its command line, in this process.
+def run_train(args: argparse.Namespace) -> int:
+    """Run `train`: `balm_hf.training.load_experiment_config` + `run_experiment` (what `scripts/train.py` does)."""
+    from .training import load_experiment_config, run_experiment
 
-    The training and evaluation scripts are thin wrappers over the library that live in the repository, not in the
-    installed package; from a `pip install` without a checkout, point `$BALM_TSF_SCRIPTS_DIR` at a `scripts/` folder.
-    """
-    script = scripts_dir() / DELEGATED_COMMANDS[command]
-    if not script.is_file():
-        raise FileNotFoundError(
-            f"`balm-tsf {command}` runs {script}, which does not exist: run it from a checkout of the balm-tsf "
-            f"repository (pip install -e .) or set ${SCRIPTS_DIR_ENV} to the folder holding {script.name}"
+    config = load_experiment_config(args.config, args.overrides)
+    resume = Path(args.resume) if isinstance(args.resume, str) else args.resume
+    result = run_experiment(config, output_dir=args.output_dir, resume_from_checkpoint=resume)
+    for row in result.eval_rows:
+        sys.stdout.write(
+            f"test {row['dataset']} L={row['context_length']} H={row['prediction_length']} "
+            f"drop_last={row['drop_last']}: mse={row['mse']:.6f} mae={row['mae']:.6f} over {row['num_items']} items\n"
         )
-    saved_argv = sys.argv
-    sys.argv = [str(script), *argv]
-    try:
-        runpy.run_path(str(script), run_name="__main__")
-    except SystemExit as exit_:
-        code = exit_.code
-        return code if isinstance(code, int) else (0 if code is None else 1)
-    finally:
-        sys.argv = saved_argv
+    sys.stdout.write(f"saved {result.final_dir}\n")
+    return 0
+
+
+def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="a folder written by `balm-tsf train` (its final/ folder) or a Hub id")
+    parser.add_argument("--dataset", default=None, help="benchmark name or CSV path (default: the experiment's)")
+    parser.add_argument("--data-dir", default=None, help="folder of the benchmark files (default: $BALM_TSF_DATA_DIR)")
+    parser.add_argument("--prediction-length", type=int, default=None, help="horizon; must equal the model's")
+    parser.add_argument("--target", default=None, help="target column (default: the experiment's, else OT)")
+    parser.add_argument("--features", choices=("M", "S"), default=None, help="channels (default: the experiment's)")
+    parser.add_argument(
+        "--drop-last-test-batch", action="store_true", help="also report the original's drop-last-batch protocol"
+    )
+    parser.add_argument("--drop-last-batch-size", type=int, default=None, help="its batch size (default: training's)")
+    parser.add_argument("--batch-size", type=int, default=64, help="items per forward pass and device")
+    parser.add_argument("--model-name", default=None, help="`model` column (default: the experiment name)")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=Path("results/eval_results.json"),
+        help="results file to append to; a .csv twin and a .md table are written next to it",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace the results file instead of appending")
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """Run `evaluate`: `training.evaluate_pretrained` + `write_eval_results` (what `scripts/evaluate.py` does)."""
+    from .training import evaluate_pretrained, results_table, write_eval_results
+
+    rows, _ = evaluate_pretrained(
+        args.model,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        prediction_length=args.prediction_length,
+        target=args.target,
+        features=args.features,
+        drop_last_test_batch=args.drop_last_test_batch,
+        drop_last_batch_size=args.drop_last_batch_size,
+        batch_size=args.batch_size,
+        model_name=args.model_name,
+        bf16=args.bf16,
+        output_dir=args.results.parent / "evaluation_scratch",
+    )
+    results_path = args.results if args.results.suffix in (".json", ".csv") else args.results / "eval_results.json"
+    all_rows = write_eval_results(results_path, rows, append=not args.overwrite)
+    table = results_table(all_rows)
+    results_path.with_suffix(".md").write_text(table, encoding="utf-8")
+    sys.stdout.write(f"results: {results_path} (+ .csv, .md)\n{table}")
     return 0
 
 
@@ -154,12 +206,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Validate a trained folder, render its model card and upload it to a Hub model repository.",
     )
     add_push_arguments(push)
-    for command, script in DELEGATED_COMMANDS.items():
-        commands.add_parser(
-            command,
-            add_help=False,
-            help=f"run scripts/{script} with the remaining arguments (see `balm-tsf {command} --help`)",
-        )
+    train = commands.add_parser(
+        "train",
+        help="train and test one experiment, save the Hub-ready folder",
+        description="Train and test one experiment from its YAML and save the Hub-ready folder to <run>/final.",
+    )
+    _add_train_arguments(train)
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="evaluate a saved model on the whole test split",
+        description="Evaluate a saved model on the whole test split and append the rows to a results file.",
+    )
+    _add_evaluate_arguments(evaluate)
     return parser
 
 
@@ -172,25 +230,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     ```bash
     balm-tsf forecast --model runs/etth1_96 --input ETTh1.csv --output forecast.csv --plot forecast.png
     balm-tsf push --folder runs/etth1_96 --repo-id me/balm-tsf-etth1-96 --dry-run
-    balm-tsf train --config configuration/etth1_96.yaml   # arguments go to scripts/train.py
-    balm-tsf evaluate --help                              # arguments go to scripts/evaluate.py
+    balm-tsf train --config configuration/long_term/etth1_96.yaml --set training.learning_rate=0.005
+    balm-tsf evaluate outputs/etth1_96/final --drop-last-test-batch --results results/eval_results.json
     ```
 
     Returns the exit status (0 on success, 1 on an error, whose message goes to standard error).
     """
-    arguments = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    if arguments and arguments[0] in DELEGATED_COMMANDS:
-        try:
-            return run_script(arguments[0], arguments[1:])
-        except FileNotFoundError as error:
-            sys.stderr.write(f"balm-tsf {arguments[0]}: error: {error}\n")
-            return 1
-    args = parser.parse_args(arguments)
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
+    commands = {"forecast": run_forecast, "push": run_push, "train": run_train, "evaluate": run_evaluate}
     try:
-        return run_forecast(args) if args.command == "forecast" else run_push(args)
+        return commands[args.command](args)
     except _ERRORS as error:
         sys.stderr.write(f"balm-tsf {args.command}: error: {error}\n")
         return 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import re
@@ -30,8 +29,6 @@ from .configuration_balm_tsf import BalmTsfConfig
 from .data import BalmTsfPreprocessor, get_split_config
 from .modeling_balm_tsf import BalmTsfForForecasting
 
-
-logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -405,17 +402,38 @@ def validate_folder(folder: str | os.PathLike) -> TrainedFolder:
 
 
 def _find_value(mapping: Any, names: tuple[str, ...]) -> Any:
-    """The first value stored under one of `names`, searching nested mappings depth-first (`None` if absent)."""
-    if not isinstance(mapping, dict):
+    """The value of the first of `names` found anywhere in nested mappings (depth-first), `None` if none is."""
+
+    def search(node: Any, name: str) -> Any:
+        if not isinstance(node, dict):
+            return None
+        if node.get(name) is not None and not isinstance(node[name], dict):
+            return node[name]
+        for value in node.values():
+            found = search(value, name)
+            if found is not None:
+                return found
         return None
+
     for name in names:
-        if name in mapping and not isinstance(mapping[name], dict):
-            return mapping[name]
-    for value in mapping.values():
-        found = _find_value(value, names)
+        found = search(mapping, name)
         if found is not None:
             return found
     return None
+
+
+def _finite_or_none(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _format_number(value: Any) -> str | None:
+    """`7.0` -> `"7"`, `4.99931` -> `"5"`, `0.0004005` -> `"0.0004"`; `None` for anything but a finite number."""
+    number = _finite_or_none(value)
+    if number is None:
+        return None
+    return str(int(number)) if number.is_integer() else f"{number:.3g}"
 
 
 def _format_duration(seconds: Any) -> str:
@@ -529,7 +547,7 @@ def _limitations(config: BalmTsfConfig, backbone: str, dataset_name: str | None,
     )
     if config.llm_name_or_path != PAPER_BACKBONE or config.llm_layers != 6:
         items.append(
-            f"Backbone: this checkpoint uses `{backbone}` ({config.llm_config.model_type}, {config.llm_layers} "
+            f"Backbone: this checkpoint uses {backbone} ({config.llm_config.model_type}, {config.llm_layers} "
             f"blocks, width {config.d_llm}) instead of the paper's GPT-2 (`{PAPER_BACKBONE}`, first 6 blocks); its "
             "numbers are not directly comparable with the paper's."
         )
@@ -560,9 +578,13 @@ def _card_context(trained: TrainedFolder, repo_id: str | None) -> dict[str, Any]
         dataset_name = str(trained.eval_rows[0]["dataset"])
     columns = list(preprocessor.columns) if preprocessor is not None else []
     folded = config.num_input_channels == 1
-    backbone = config.llm_name_or_path or f"{config.llm_config.model_type} (weights' origin not recorded)"
+    if config.llm_name_or_path:
+        backbone = f"`{config.llm_name_or_path}`"
+    else:
+        backbone = f"a {config.llm_config.model_type} model whose weights' origin is not recorded"
     trainable, total = _parameter_counts(config)
     model_ref = repo_id or str(trained.path)
+    max_steps = _find_value(experiment, ("max_steps",))
     return {
         "model_name": repo_id or trained.path.name,
         "model_ref": model_ref,
@@ -592,17 +614,21 @@ def _card_context(trained: TrainedFolder, repo_id: str | None) -> dict[str, Any]
         "num_trainable_parameters": _format_count(trainable),
         "training_recorded": bool(info),
         "learning_rate": _find_value(experiment, ("learning_rate", "lr")),
-        "lr_schedule": _find_value(experiment, ("lr_scheduler_type", "lr_schedule", "lradj")),
+        "lr_schedule": _find_value(experiment, ("lr_scheduler", "lr_scheduler_type", "lr_schedule", "lradj")),
         "batch_size": _find_value(experiment, ("per_device_train_batch_size", "train_batch_size", "batch_size")),
-        "max_epochs": _find_value(experiment, ("num_train_epochs", "max_epochs", "train_epochs", "epochs")),
+        "global_batch_size": _find_value(experiment, ("global_batch_size",)),
+        "max_epochs": _format_number(
+            _find_value(experiment, ("num_train_epochs", "max_epochs", "train_epochs", "epochs"))
+        ),
+        "max_steps": max_steps if isinstance(max_steps, int) and max_steps > 0 else None,
         "early_stopping_patience": _find_value(experiment, ("early_stopping_patience", "patience")),
-        "epochs_completed": info.get("epochs_completed"),
+        "epochs_completed": _format_number(info.get("epochs_completed")),
         "seed": info.get("seed"),
         "best_checkpoint": info.get("best_checkpoint"),
-        "best_validation_mse": info.get("best_validation_mse"),
+        "best_validation_mse": _finite_or_none(info.get("best_validation_mse")),
         "hardware_text": _format_hardware(info.get("hardware")),
         "wall_time_text": _format_duration(info.get("wall_time_s")),
-        "train_samples_per_second": info.get("train_samples_per_second"),
+        "train_samples_per_second": _finite_or_none(info.get("train_samples_per_second")),
         "git_revision": info.get("git_revision"),
         "versions": info.get("versions") if isinstance(info.get("versions"), dict) else {},
         "experiment_yaml": yaml.safe_dump(experiment, sort_keys=False).rstrip() if experiment else "",
@@ -856,7 +882,6 @@ def push_folder_to_hub(
         staging = Path(output_dir) if output_dir is not None else Path(tempfile.mkdtemp(prefix="balm-tsf-push-"))
         prepare_upload_folder(folder, staging, repo_id=repo_id, render_card=render_card, license=license)
         files = sorted(path.name for path in staging.iterdir())
-        logger.info("dry run: prepared %s for %s (%d files); nothing was uploaded", staging, repo_id, len(files))
         return HubPushResult(repo_id=repo_id, folder=staging, files=files, dry_run=True)
 
     # Fail before copying gigabytes when the Hub is out of reach.

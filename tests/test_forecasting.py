@@ -5,16 +5,24 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from conftest import DATA_DIR, tiny_model
-from test_hub import CONTEXT_LENGTH, PREDICTION_LENGTH, build_trained_folder
+from test_hub import CONTEXT_LENGTH, PREDICTION_LENGTH, build_trained_folder, eval_rows
 
 import balm_hf
-from balm_hf import BalmTsfForecaster, BalmTsfForForecasting, forecast, load_forecasting_dataset, plot_forecast
+from balm_hf import (
+    BalmTsfForecaster,
+    BalmTsfForForecasting,
+    forecast,
+    load_forecasting_dataset,
+    plot_forecast,
+    training,
+)
 from balm_hf.cli import main as cli_main
 
 
@@ -211,23 +219,46 @@ def test_cli_forecast_writes_csv_and_png(folder, history, tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
-def test_cli_reports_errors_and_delegates_train_to_the_scripts(folder, tmp_path, capsys, monkeypatch):
+def test_cli_forecast_reports_a_missing_input(folder, tmp_path, capsys):
     status = cli_main(["forecast", "--model", str(folder), "--input", str(tmp_path / "absent.csv")])
     assert status == 1
     assert "absent.csv does not exist" in capsys.readouterr().err
 
-    monkeypatch.setenv("BALM_TSF_SCRIPTS_DIR", str(tmp_path))
-    assert cli_main(["train", "--config", "x.yaml"]) == 1
-    assert "train.py, which does not exist" in capsys.readouterr().err
 
-    (tmp_path / "train.py").write_text(
-        "import json, sys\n"
-        "json.dump(sys.argv[1:], open(sys.argv[0] + '.argv.json', 'w'))\n"
-        "sys.exit(3 if '--fail' in sys.argv else 0)\n"
+def test_cli_train_and_evaluate_call_the_training_library(tmp_path, monkeypatch, capsys):
+    seen = {}
+
+    def fake_run_experiment(config, output_dir=None, resume_from_checkpoint=None):
+        seen.update(config=config, output_dir=output_dir, resume=resume_from_checkpoint)
+        return SimpleNamespace(eval_rows=eval_rows(), final_dir=Path(output_dir) / "final")
+
+    def fake_evaluate_pretrained(model_name_or_path, **kwargs):
+        seen.update(model=model_name_or_path, **kwargs)
+        return eval_rows(), None
+
+    monkeypatch.setattr(training, "run_experiment", fake_run_experiment)
+    monkeypatch.setattr(training, "evaluate_pretrained", fake_evaluate_pretrained)
+    experiment = tmp_path / "experiment.yaml"
+    experiment.write_text("data:\n  dataset: ETTh1\n  context_length: 64\n  prediction_length: 16\n")
+
+    status = cli_main(
+        ["train", "--config", str(experiment), "--set", "training.learning_rate=0.005"]
+        + ["--output-dir", str(tmp_path / "run"), "--resume"]
     )
-    assert cli_main(["train", "--config", "x.yaml"]) == 0
-    assert json.loads((tmp_path / "train.py.argv.json").read_text()) == ["--config", "x.yaml"]
-    assert cli_main(["train", "--fail"]) == 3
+    assert status == 0
+    assert seen["config"].training.learning_rate == 0.005 and seen["config"].data.context_length == 64
+    assert seen["resume"] is True and seen["output_dir"] == tmp_path / "run"
+    assert f"saved {tmp_path / 'run' / 'final'}" in capsys.readouterr().out
+
+    assert cli_main(["train", "--config", str(experiment), "--set", "training.lr=1"]) == 1
+    assert "training.lr" in capsys.readouterr().err
+
+    results = tmp_path / "results" / "eval_results.json"
+    status = cli_main(["evaluate", "someone/balm-tsf-etth1", "--drop-last-test-batch", "--results", str(results)])
+    assert status == 0
+    assert seen["model"] == "someone/balm-tsf-etth1" and seen["drop_last_test_batch"] is True
+    assert json.loads(results.read_text())["rows"] == eval_rows()
+    assert results.with_suffix(".csv").is_file() and "ETTh1" in results.with_suffix(".md").read_text()
 
 
 def test_package_exports_the_forecasting_api():

@@ -19,11 +19,11 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import DATA_DIR, REPO_ROOT, tiny_model
+from conftest import DATA_DIR, REPO_ROOT, TOKENIZER_DIR, tiny_model
 from huggingface_hub import ModelCard
 
 import balm_hf
-from balm_hf import BalmTsfForForecasting, load_forecasting_dataset
+from balm_hf import BalmTsfForForecasting, load_forecasting_dataset, training
 from balm_hf.cli import main as cli_main
 from balm_hf.hub import (
     TRAINING_INFO_KEYS,
@@ -57,48 +57,33 @@ def eval_rows(context_length: int = CONTEXT_LENGTH, prediction_length: int = PRE
 
 
 def build_trained_folder(folder: Path, preprocessor=None, **config_overrides) -> Path:
-    """A folder with every file of the checkpoint contract, around a tiny model (what scripts/train.py writes)."""
+    """A trained folder around a tiny model, written by the same functions `balm-tsf train` uses."""
     if preprocessor is None:
         preprocessor = load_forecasting_dataset(
             "ETTh1", context_length=CONTEXT_LENGTH, prediction_length=PREDICTION_LENGTH, data_dir=DATA_DIR
         ).preprocessor
     config_overrides.setdefault("llm_name_or_path", BACKBONE_ID)
     model = tiny_model(**config_overrides)
-    model.save_pretrained(folder)
-    preprocessor.save_pretrained(folder)
-    experiment = {
-        "data": {"dataset": "ETTh1", "context_length": CONTEXT_LENGTH, "prediction_length": PREDICTION_LENGTH},
-        "training": {
-            "learning_rate": 0.0123,
-            "num_train_epochs": 7,
-            "per_device_train_batch_size": 24,
-            "lr_scheduler_type": "halve_every_epoch",
-            "early_stopping_patience": 3,
-        },
-    }
-    (folder / "experiment.yaml").write_text(yaml.safe_dump(experiment), encoding="utf-8")
-    training_info = {
-        "experiment": experiment,
-        "seed": 2021,
-        "wall_time_s": 3725.4,
-        "train_samples_per_second": 812.5,
-        "epochs_completed": 5,
-        "best_checkpoint": "checkpoint-300",
-        "best_validation_mse": 0.71234,
-        "versions": {"balm_tsf": balm_hf.__version__, "torch": torch.__version__, "python": "3.11"},
-        "git_revision": "0123456789abcdef0123456789abcdef01234567",
-        "hardware": {
-            "device": "cpu",
-            "device_name": "test-cpu",
-            "num_processes": 1,
-            "cpu_count": 2,
-            "mixed_precision": "no",
-        },
-    }
-    (folder / "training_info.json").write_text(json.dumps(training_info), encoding="utf-8")
-    rows = eval_rows()
-    (folder / "eval_results.json").write_text(json.dumps({"rows": rows}), encoding="utf-8")
-    pd.DataFrame(rows).to_csv(folder / "eval_results.csv", index=False)
+    experiment = training.load_experiment_config(
+        None,
+        [
+            f"data.context_length={CONTEXT_LENGTH}",
+            f"data.prediction_length={PREDICTION_LENGTH}",
+            "training.learning_rate=0.0123",
+            "training.num_train_epochs=7",
+            "training.early_stopping_patience=3",
+        ],
+    )
+    info = training.collect_training_info(
+        experiment,
+        seed=2021,
+        wall_time_s=3725.4,
+        train_samples_per_second=812.5,
+        epochs_completed=5.0,
+        best_checkpoint="checkpoint-300",
+        best_validation_mse=0.71234,
+    )
+    training.save_experiment_folder(folder, model, preprocessor, experiment, info, eval_rows())
     return folder
 
 
@@ -180,16 +165,16 @@ def test_model_card_metadata_comes_from_the_folder_files(folder_copy):
 def test_model_card_body_reports_setup_results_limitations_and_citation(folder_copy):
     text = str(render_model_card(folder_copy, repo_id="someone/balm-tsf-etth1"))
     info = json.loads((folder_copy / "training_info.json").read_text())
-    for expected in (
+    expected_texts = [
         "someone/balm-tsf-etth1",
         'balm_hf.forecast("someone/balm-tsf-etth1", history)',
         "trust_remote_code=True",
-        "0.0123",  # learning rate from the experiment
-        "up to 7 epochs, 5 completed",
+        "learning rate 0.0123 (schedule `halving`)",  # from the experiment config
+        "up to 7 epochs, 5 epochs completed, early stopping patience 3",
         "Seed:** 2021",
-        info["git_revision"],
-        "1 h 02 min 05 s",
-        "test-cpu",
+        "checkpoint-300 (validation MSE 0.7123)",
+        "1 h 02 min 05 s (812.5 training samples per second)",
+        info["hardware"]["device_name"],
         f"torch {torch.__version__}",
         "train `[0, 8640)`",
         "| 0.4123 | 0.4321 |",  # the results table, from eval_results.json
@@ -199,7 +184,10 @@ def test_model_card_body_reports_setup_results_limitations_and_citation(folder_c
         "instead of the paper's GPT-2",
         "2509.00622",
         "CIKM",
-    ):
+    ]
+    if info["git_revision"]:
+        expected_texts.append(f"`{info['git_revision']}`")
+    for expected in expected_texts:
         assert expected in text, expected
 
 
@@ -439,3 +427,34 @@ def test_push_cli_dry_run_and_offline_error(trained_folder, tmp_path, capsys, mo
     push_script = runpy.run_path(str(script))
     assert push_script["main"](["--folder", str(trained_folder), "--repo-id", "someone/x"]) == 1
     assert "offline mode is on" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_folder_from_balm_tsf_train_validates_pushes_and_forecasts(tmp_path):
+    experiment = {
+        "name": "tiny-etth1",
+        "data": {"dataset": "ETTh1", "data_dir": str(DATA_DIR), "context_length": 64, "prediction_length": 16},
+        "model": {
+            "backbone": None,
+            "llm_config": {"model_type": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 2, "vocab_size": 30522},
+            "tokenizer": str(TOKENIZER_DIR),
+            "config": {"llm_layers": 2, "d_model": 8, "d_ff": 16, "patch_length": 8, "patch_stride": 4},
+        },
+        "training": {"max_steps": 2, "per_device_train_batch_size": 8, "bf16": False, "use_cpu": True},
+        "evaluation": {"max_validation_items": 32},
+    }
+    (tmp_path / "experiment.yaml").write_text(yaml.safe_dump(experiment), encoding="utf-8")
+    run = tmp_path / "run"
+    assert cli_main(["train", "--config", str(tmp_path / "experiment.yaml"), "--output-dir", str(run)]) == 0
+    final = run / "final"
+    assert split_card((final / "README.md").read_text(encoding="utf-8"))["pipeline_tag"] == "time-series-forecasting"
+
+    trained = validate_folder(final)
+    assert trained.eval_rows and trained.training_info["experiment"]["name"] == "tiny-etth1"
+    result = push_folder_to_hub(final, "someone/tiny-etth1", dry_run=True, output_dir=tmp_path / "upload")
+    metadata = split_card((result.folder / "README.md").read_text(encoding="utf-8"))
+    assert metadata["model-index"][0]["results"][0]["metrics"][0]["value"] == trained.eval_rows[0]["mse"]
+
+    history = pd.read_csv(DATA_DIR / "ETTh1.csv.gz").tail(100)
+    forecast = balm_hf.forecast(result.folder, history)
+    assert forecast.shape == (16, 8) and np.isfinite(forecast.drop(columns="date").to_numpy()).all()
