@@ -16,6 +16,7 @@ from .modeling_balm_tsf import (
     BalmTsfModelOutput,
     BalmTsfPreTrainedModel,
 )
+from .training import BalmTsfTrainer, ExperimentConfig, evaluate_pretrained, load_experiment_config, run_experiment
 
 
 __version__ = "0.1.0"
@@ -40,18 +41,23 @@ __all__ = [
     "BalmTsfModelOutput",
     "BalmTsfPreTrainedModel",
     "BalmTsfPreprocessor",
+    "BalmTsfTrainer",
     "DLinearConfig",
     "DLinearForForecasting",
+    "ExperimentConfig",
     "NaiveForecaster",
     "SeasonalNaiveForecaster",
     "compute_forecasting_metrics",
+    "evaluate_pretrained",
     "forecast",
     "load_backbone",
+    "load_experiment_config",
     "load_forecasting_dataset",
     "load_forecasting_metric",
     "make_compute_metrics",
     "plot_forecast",
     "push_folder_to_hub",
     "render_model_card",
+    "run_experiment",
     "validate_folder",
 ]
