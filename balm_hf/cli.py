@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import pandas as pd
 
@@ -84,8 +85,12 @@ def run_forecast(args: argparse.Namespace) -> int:
     load_kwargs = {"revision": args.revision} if args.revision else {}
     forecaster = BalmTsfForecaster.from_pretrained(args.model, device=args.device, **load_kwargs)
     date_column = args.date_column or forecaster.preprocessor.date_column or "date"
-    forecast = forecaster.predict(
-        history, date_column=date_column, freq=args.freq, id_column=args.id_column, batch_size=args.batch_size
+    # A DataFrame in gives one DataFrame out (stacked series included, with `--id-column`).
+    forecast = cast(
+        pd.DataFrame,
+        forecaster.predict(
+            history, date_column=date_column, freq=args.freq, id_column=args.id_column, batch_size=args.batch_size
+        ),
     )
     if args.output == "-":
         forecast.to_csv(sys.stdout, index=False)
@@ -128,8 +133,7 @@ def run_train(args: argparse.Namespace) -> int:
     from .training import load_experiment_config, run_experiment
 
     config = load_experiment_config(args.config, args.overrides)
-    resume = Path(args.resume) if isinstance(args.resume, str) else args.resume
-    result = run_experiment(config, output_dir=args.output_dir, resume_from_checkpoint=resume)
+    result = run_experiment(config, output_dir=args.output_dir, resume_from_checkpoint=args.resume)
     for row in result.eval_rows:
         sys.stdout.write(
             f"test {row['dataset']} L={row['context_length']} H={row['prediction_length']} "
