@@ -210,11 +210,12 @@ def _fold_and_normalize(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fold channels into the batch, then RevIN: `[batch, length, channels]` -> `[batch * channels, length]`."""
     batch, length, channels = past_values.shape
-    # Folding first makes a series' normalisation independent of how many channels travel with it.
-    folded = past_values.permute(0, 2, 1).reshape(batch * channels, length, 1)
+    # Folding first, into contiguous memory, makes a series' normalisation (and so its full-precision prompt)
+    # independent of how many channels travel with it and of the memory layout of `past_values`.
+    folded = past_values.permute(0, 2, 1).reshape(batch * channels, length, 1).contiguous()
     mask = None
     if past_observed_mask is not None:
-        mask = past_observed_mask.permute(0, 2, 1).reshape(batch * channels, length, 1)
+        mask = past_observed_mask.permute(0, 2, 1).reshape(batch * channels, length, 1).contiguous()
     normalized, loc, scale = revin(folded, mask)
     return normalized.squeeze(-1), loc.reshape(batch, 1, channels), scale.reshape(batch, 1, channels)
 

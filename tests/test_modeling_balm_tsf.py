@@ -493,6 +493,15 @@ def test_channels_are_folded_into_the_batch():
     torch.testing.assert_close(folded, flat.reshape(2, 3, 16).permute(0, 2, 1), rtol=0, atol=0)
 
 
+def test_memory_layout_of_past_values_does_not_change_the_forecast():
+    model = tiny_model(num_input_channels=3).eval()
+    past = torch.randn(4, 3, 64).mul(5).add(2)
+    with torch.no_grad():
+        strided = model(past_values=past.transpose(1, 2)).prediction_outputs
+        contiguous = model(past_values=past.transpose(1, 2).contiguous()).prediction_outputs
+    torch.testing.assert_close(strided, contiguous, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_forward_runs_in_float32_and_under_bf16_autocast(dtype):
     model, inputs = BalmTsfModelTester().build(BalmTsfForForecasting)
