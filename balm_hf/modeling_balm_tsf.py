@@ -307,6 +307,8 @@ class BalmTsfTextEncoder(nn.Module):
         self.llm = AutoModel.from_config(config.llm_config)
         self.llm.requires_grad_(False)
         _use_fused_gelu(self.llm)
+        if config.llm_dtype is not None:
+            self.llm.to(getattr(torch, config.llm_dtype))
         self.tokenizer: PreTrainedTokenizerBase | None = None
         parameters = inspect.signature(self.llm.forward).parameters
         self._accepts_position_ids = "position_ids" in parameters
@@ -325,6 +327,17 @@ class BalmTsfTextEncoder(nn.Module):
         return self.llm(inputs_embeds=embeddings, **kwargs)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        r"""
+        Encode the prompts (see [`BalmTsfTextEncoder.encode`]); with `config.llm_dtype` the backbone runs under
+        autocast in that dtype and the read-out comes back in the learnable prompt's dtype.
+        """
+        if self.config.llm_dtype is None:
+            return self.encode(input_ids, attention_mask)
+        with torch.autocast(input_ids.device.type, dtype=getattr(torch, self.config.llm_dtype)):
+            readout = self.encode(input_ids, attention_mask)
+        return readout.to(self.learnable_prompt.dtype)
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         r"""
         Args:
             input_ids (`torch.LongTensor` of shape `[series, text_tokens]`): tokenised statistics prompts.

@@ -677,6 +677,31 @@ def test_no_llm_ablation_skips_the_backbone_and_keeps_the_trainable_parameters()
     assert not calls and torch.isfinite(output.loss)
 
 
+def test_bf16_backbone_stays_close_to_float32_and_survives_save_load(tmp_path):
+    model, inputs = BalmTsfModelTester().build(BalmTsfForForecasting)
+    fast = BalmTsfForForecasting(tiny_config(llm_dtype="bfloat16"))
+    fast.load_state_dict(model.state_dict())
+    fast.set_tokenizer(model.tokenizer)
+    fast.eval()
+    assert fast.model.text_encoder.llm.get_input_embeddings().weight.dtype == torch.bfloat16
+    assert fast.model.text_encoder.learnable_prompt.dtype == torch.float32
+    with torch.no_grad():
+        reference = model(**inputs)
+        output = fast(**inputs)
+    assert output.prediction_outputs.dtype == torch.float32
+    scale = reference.prediction_outputs.abs().max()
+    assert (output.prediction_outputs - reference.prediction_outputs).abs().max() < 0.05 * scale
+    fast.train()
+    fast(**inputs).loss.backward()
+    assert fast.model.text_encoder.learnable_prompt.grad.dtype == torch.float32
+    fast.eval()
+    fast.save_pretrained(tmp_path)
+    reloaded = BalmTsfForForecasting.from_pretrained(tmp_path).eval()
+    assert reloaded.model.text_encoder.llm.get_input_embeddings().weight.dtype == torch.bfloat16
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**inputs).prediction_outputs, fast(**inputs).prediction_outputs)
+
+
 def test_bidirectional_backbone_works_and_ignores_the_prefix_cache():
     llm_config = BertConfig(
         num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=64, vocab_size=30522
