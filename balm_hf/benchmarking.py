@@ -29,6 +29,7 @@ FAST_MODE_SWITCHES: dict[str, Any] = {
     "prompt_float_decimals": 2,
     "prompt_stable_lags": True,
     "use_prefix_cache": True,
+    "llm_dtype": "bfloat16",
 }
 MODES = ("paper", "fast")
 PRECISIONS = ("fp32", "bf16")
