@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import importlib.metadata
+import inspect
 import json
 import logging
 import math
@@ -305,8 +306,6 @@ class ModelArguments(_Section):
                 raise ValueError("`model.llm_config` builds a new backbone and needs `model.tokenizer` (folder or id)")
             if self.random_init:
                 raise ValueError("`model.random_init` applies to a loaded `model.backbone`, not to `model.llm_config`")
-        import inspect
-
         parameters = set(inspect.signature(BalmTsfConfig.__init__).parameters) - {"self", "kwargs"}
         for key in self.config:
             if key in _RESERVED_MODEL_KEYS:
@@ -907,9 +906,11 @@ def _world_size() -> int:
 
 
 def use_bf16(config: ExperimentConfig) -> bool:
-    """bf16 autocast only when requested, not forced to the CPU, and CUDA is available."""
+    """bf16 autocast only when requested, not forced to the CPU, and a CUDA device with bf16 support is present."""
     cpu_forced = config.training.use_cpu or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
-    return bool(config.training.bf16 and not cpu_forced and torch.cuda.is_available())
+    if not config.training.bf16 or cpu_forced or not torch.cuda.is_available():
+        return False
+    return bool(torch.cuda.is_bf16_supported())
 
 
 def build_training_arguments(
@@ -1412,6 +1413,23 @@ def _read_experiment_yaml(model_name_or_path: str) -> dict[str, Any] | None:
         return None
 
 
+def _check_saved_scaler(folder: str, preprocessor: Any) -> None:
+    """Warn when the scaler refitted on the data differs from the one saved with the model for the same series."""
+    path = Path(folder) / PREPROCESSOR_FILE
+    if not path.is_file():
+        return
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    same_series = all(saved.get(key) == getattr(preprocessor, key) for key in ("dataset_name", "columns", "target"))
+    same_scaler = np.allclose(saved["mean"], preprocessor.mean, rtol=1e-6) and np.allclose(
+        saved["std"], preprocessor.std, rtol=1e-6
+    )
+    if same_series and not same_scaler:
+        logger.warning(
+            f"the scaler fitted on {preprocessor.dataset_name} differs from the one saved in {path}: the data file "
+            "changed since training, so the metrics are not on the training run's scale"
+        )
+
+
 def evaluate_pretrained(
     model_name_or_path: str | os.PathLike,
     dataset: str | None = None,
@@ -1472,6 +1490,7 @@ def evaluate_pretrained(
         data_dir=data_dir if data_dir is not None else (data.get("data_dir") if same_dataset else None),
         split_config=data.get("split_config") if same_dataset else None,
     )
+    _check_saved_scaler(model_name_or_path, splits.preprocessor)
     if drop_last_test_batch and drop_last_batch_size is None:
         drop_last_batch_size = experiment.get("training", {}).get("per_device_train_batch_size", 24)
     args = TrainingArguments(

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -26,6 +28,7 @@ from balm_hf.training import (
     canonical_item_order,
     create_paper_scheduler,
     drop_last_item_count,
+    evaluate_pretrained,
     forecast_metrics_rows,
     load_experiment_config,
     read_eval_results,
@@ -345,6 +348,20 @@ def test_saved_folder_reloads_to_the_same_test_metrics(trained, tmp_path):
     # A second evaluation is appended to the same results file.
     assert evaluate_script.main([str(trained.final_dir), "--results", str(results)]) == 0
     assert len(read_eval_results(results.with_suffix(".csv"))) == 3
+
+
+def test_evaluation_warns_when_the_data_no_longer_matches_the_saved_scaler(trained, tmp_path, caplog):
+    folder = tmp_path / "final"
+    shutil.copytree(trained.final_dir, folder)
+    preprocessor = json.loads((folder / "preprocessor_config.json").read_text())
+    preprocessor["mean"] = [value + 1.0 for value in preprocessor["mean"]]
+    (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor))
+    with caplog.at_level(logging.WARNING, logger="balm_hf.training"):
+        rows, _ = evaluate_pretrained(folder, output_dir=tmp_path / "scratch")
+    assert "differs from the one saved" in caplog.text
+    assert rows[0]["mse"] == pytest.approx(trained.eval_rows[0]["mse"], rel=1e-6)
+    with pytest.raises(ValueError, match="prediction_length"):
+        evaluate_pretrained(folder, prediction_length=32)
 
 
 def test_interrupted_training_resumes_to_the_uninterrupted_final_state(trained, tmp_path, tiny_backbone):
