@@ -33,9 +33,7 @@ logger = logging.getLogger("balm_hf.evaluate")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="folder written by scripts/train.py (its final/ folder) or a Hub id")
     parser.add_argument("--dataset", default=None, help="benchmark name or CSV path (default: the experiment's)")
     parser.add_argument("--data-dir", default=None, help="folder of the benchmark files (default: $BALM_TSF_DATA_DIR)")

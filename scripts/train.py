@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train and test one BALM-TSF experiment and save the Hub-ready folder.
+r"""Train and test one BALM-TSF experiment and save the Hub-ready folder.
 
 Usage:
 
@@ -44,7 +44,7 @@ logger = logging.getLogger("balm_hf.train")
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
+        description=__doc__,
         epilog=(
             "Any config field can be overridden with --set section.key=value (values are YAML: 0.005, true, [a, b]) "
             "or --section.key value, e.g. --set training.learning_rate=0.005, --model.config.llm_layers 2, "
@@ -59,7 +59,12 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
         "--output-dir", type=Path, default=None, help="run folder (default: training.output_dir of the config)"
     )
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config field"
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field (repeatable)",
     )
     parser.add_argument(
         "--resume",
