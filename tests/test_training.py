@@ -25,6 +25,7 @@ from balm_hf.training import (
     ExperimentConfig,
     ForecastOutput,
     apply_overrides,
+    build_training_arguments,
     canonical_item_order,
     create_paper_scheduler,
     drop_last_item_count,
@@ -209,6 +210,23 @@ def test_shipped_experiment_configs_load_with_the_paper_protocol():
     assert [t.per_device_train_batch_size for t in few] == [16, 8, 8, 8]
     default = load_experiment_config(CONFIG_DIR / "default.yaml")
     assert default.model.backbone is None and default.evaluation.max_validation_items is not None
+
+
+def test_paper_config_keeps_the_authors_global_batch_on_any_number_of_processes(monkeypatch, tmp_path):
+    config = load_experiment_config(CONFIG_DIR / "long_term" / "etth1_96.yaml", [f"training.output_dir={tmp_path}"])
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    args = build_training_arguments(config)
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (24, 4)  # 4 GPUs x 24 on one
+    assert args.label_names == ["future_values"] and not args.remove_unused_columns
+    assert (args.eval_strategy, args.save_strategy, args.metric_for_best_model) == ("epoch", "epoch", "mse")
+    assert args.load_best_model_at_end and not args.greater_is_better and args.max_grad_norm == 0.0
+    if not torch.cuda.is_available():
+        assert not args.bf16  # bf16 is requested, but applies on CUDA only
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert build_training_arguments(config).gradient_accumulation_steps == 1
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(ValueError, match="global_batch_size"):
+        build_training_arguments(config)
 
 
 # -- schedules --------------------------------------------------------------------------------------------------------
