@@ -23,6 +23,7 @@ from transformers import (
 )
 
 from balm_hf import BalmTsfConfig, BalmTsfForForecasting, BalmTsfModel
+from balm_hf.conversion import ORIGINAL_TO_BALM_HF, convert_original_state_dict
 from balm_hf.losses import info_nce_loss, masked_mse_loss
 from balm_hf.modeling_balm_tsf import (
     BalmTsfPatchEmbedding,
@@ -317,16 +318,6 @@ def test_future_observed_mask_excludes_missing_targets_from_the_mse():
 
 # -- paper mode equals the original -----------------------------------------------------------------------------------
 
-_ORIGINAL_NAMES = {
-    "learnable_prompt": "model.text_encoder.learnable_prompt",
-    "patch_embedding.value_embedding.tokenConv.weight": "model.patch_embedding.conv.weight",
-    "tsprojection.weight": "model.mapping.weight",
-    "tsprojection.bias": "model.mapping.bias",
-    "output_projection.linear.weight": "head.linear.weight",
-    "output_projection.linear.bias": "head.linear.bias",
-    "LearnableTemperatureInfoNCELoss.log_temperature": "log_temperature",
-}
-
 
 @pytest.fixture(scope="module")
 def fixture_a():
@@ -337,8 +328,6 @@ def fixture_a():
 
 
 def _model_from_fixture(fixture) -> BalmTsfForForecasting:
-    from balm_hf.conversion import convert_original_state_dict
-
     c = fixture["config"]
     llm_dir = FIXTURES_DIR / c["llm_dir_relative"]
     llm = AutoModel.from_pretrained(llm_dir)
@@ -391,7 +380,7 @@ def test_paper_mode_reproduces_the_original_prompts_forecast_losses_and_gradient
     output.loss.backward()
     parameters = dict(model.named_parameters())
     for original_name, expected in fixture_a["grads"].items():
-        assert _relative_error(parameters[_ORIGINAL_NAMES[original_name]].grad, expected) < 1e-4, original_name
+        assert _relative_error(parameters[ORIGINAL_TO_BALM_HF[original_name]].grad, expected) < 1e-4, original_name
 
 
 def test_constant_series_gives_finite_outputs_like_the_original(fixture_a):
@@ -786,3 +775,13 @@ def test_saved_folder_loads_with_trust_remote_code_without_the_package(tmp_path)
     )
     assert result.returncode == 0, result.stderr[-3000:]
     torch.testing.assert_close(torch.load(tmp_path / "out.pt"), expected, rtol=0, atol=0)
+
+
+def test_original_state_dict_conversion_renames_strips_ddp_prefix_and_rejects_unknown_names():
+    tensor = torch.zeros(1)
+    converted = convert_original_state_dict(
+        {"module.tsprojection.bias": tensor, "llm_model.h.0.attn.c_attn.weight": tensor}
+    )
+    assert set(converted) == {"model.mapping.bias", "model.text_encoder.llm.h.0.attn.c_attn.weight"}
+    with pytest.raises(ValueError, match="normalize_layers"):
+        convert_original_state_dict({"normalize_layers.mean": tensor})
