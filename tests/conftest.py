@@ -26,7 +26,9 @@ TOKENIZER_DIR = FIXTURES_DIR / "fid_a_llm"
 
 def tiny_llm_config(**overrides) -> GPT2Config:
     """A 2-block GPT-2 over the BERT WordPiece vocabulary of the fixture tokenizer."""
-    kwargs = dict(n_layer=2, n_embd=32, n_head=2, vocab_size=30522, n_positions=512, bos_token_id=None, eos_token_id=None)
+    kwargs = dict(
+        n_layer=2, n_embd=32, n_head=2, vocab_size=30522, n_positions=512, bos_token_id=None, eos_token_id=None
+    )
     kwargs.update(overrides)
     return GPT2Config(**kwargs)
 
