@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import pandas as pd
+
+
+if TYPE_CHECKING:
+    from .training import EvaluationResults
 
 
 logger = logging.getLogger(__name__)
@@ -105,26 +109,79 @@ def run_forecast(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
+TRAIN_OVERRIDES_HELP = (
+    "Any config field can be overridden with --set section.key=value (values are YAML: 0.005, true, [a, b]) "
+    "or --section.key value, e.g. --set training.learning_rate=0.005, --model.config.llm_layers 2, "
+    "--set data.percent=10. Unknown keys and impossible values are refused with a message naming them."
+)
+
+
+def add_train_arguments(
+    parser: argparse.ArgumentParser, default_config: Path | None = None
+) -> argparse.ArgumentParser:
+    """The options of `balm-tsf train` (shared with `scripts/train.py`); --config is required without `default_config`.
+
+    Parse with `parser.parse_known_args` and pass what it leaves to [`train_overrides`] for the `--section.key value`
+    form of the overrides.
+    """
+    if default_config is None:
+        config_help = "experiment YAML (see configuration/ in the repository)"
+    else:
+        config_help = f"experiment YAML (default: {default_config})"
     parser.add_argument(
-        "--config", type=Path, required=True, help="experiment YAML (see configuration/ in the repository)"
+        "--config", type=Path, required=default_config is None, default=default_config, help=config_help
     )
-    parser.add_argument("--output-dir", type=Path, default=None, help="run folder (default: training.output_dir)")
+    parser.add_argument(
+        "--output-dir", type=Path, default=None, help="run folder (default: training.output_dir of the config)"
+    )
     parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config field, e.g. --set training.learning_rate=0.005 (repeatable; values are YAML)",
+        help="override a config field, e.g. --set training.learning_rate=0.005 (repeatable; values are YAML; "
+        "--section.key value works too)",
     )
     parser.add_argument(
         "--resume",
         nargs="?",
+        type=Path,
         const=True,
         default=None,
         metavar="CHECKPOINT",
         help="resume from the latest checkpoint of the run folder, or from CHECKPOINT",
+    )
+    return parser
+
+
+def train_overrides(parser: argparse.ArgumentParser, args: argparse.Namespace, unknown: Sequence[str]) -> list[str]:
+    """The `--set` overrides followed by the `--section.key value` (or `--section.key=value`) ones in `unknown`.
+
+    Anything else in `unknown` is refused with `parser.error`.
+    """
+    overrides = list(args.overrides)
+    index = 0
+    while index < len(unknown):
+        token = unknown[index]
+        if not token.startswith("--") or "." not in token.split("=", 1)[0]:
+            parser.error(f"unrecognized argument {token!r} (overrides look like --section.key value)")
+        if "=" in token:
+            overrides.append(token[2:])
+            index += 1
+        elif index + 1 < len(unknown):
+            overrides.append(f"{token[2:]}={unknown[index + 1]}")
+            index += 2
+        else:
+            parser.error(f"override {token} needs a value")
+    return overrides
+
+
+def format_test_row(row: Mapping[str, Any]) -> str:
+    """One line for an evaluation row, as `balm-tsf train` and `scripts/train.py` report the test metrics."""
+    return (
+        f"test {row['dataset']} L={row['context_length']} H={row['prediction_length']} "
+        f"drop_last={row['drop_last']}: mse={row['mse']:.6f} mae={row['mae']:.6f} over {row['num_items']} items"
     )
 
 
@@ -135,25 +192,31 @@ def run_train(args: argparse.Namespace) -> int:
     config = load_experiment_config(args.config, args.overrides)
     result = run_experiment(config, output_dir=args.output_dir, resume_from_checkpoint=args.resume)
     for row in result.eval_rows:
-        sys.stdout.write(
-            f"test {row['dataset']} L={row['context_length']} H={row['prediction_length']} "
-            f"drop_last={row['drop_last']}: mse={row['mse']:.6f} mae={row['mae']:.6f} over {row['num_items']} items\n"
-        )
+        sys.stdout.write(format_test_row(row) + "\n")
     sys.stdout.write(f"saved {result.final_dir}\n")
     return 0
 
 
-def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="a folder written by `balm-tsf train` (its final/ folder) or a Hub id")
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of `balm-tsf evaluate` (shared with `scripts/evaluate.py`); see [`evaluate_from_arguments`]."""
+    parser.add_argument(
+        "model", help="a folder written by `balm-tsf train` or scripts/train.py (its final/ folder), or a Hub id"
+    )
     parser.add_argument("--dataset", default=None, help="benchmark name or CSV path (default: the experiment's)")
     parser.add_argument("--data-dir", default=None, help="folder of the benchmark files (default: $BALM_TSF_DATA_DIR)")
-    parser.add_argument("--prediction-length", type=int, default=None, help="horizon; must equal the model's")
+    parser.add_argument(
+        "--prediction-length", type=int, default=None, help="horizon; must equal the model's (checked)"
+    )
     parser.add_argument("--target", default=None, help="target column (default: the experiment's, else OT)")
     parser.add_argument("--features", choices=("M", "S"), default=None, help="channels (default: the experiment's)")
     parser.add_argument(
-        "--drop-last-test-batch", action="store_true", help="also report the original's drop-last-batch protocol"
+        "--drop-last-test-batch",
+        action="store_true",
+        help="also report the original's protocol, which drops the last incomplete test batch",
     )
-    parser.add_argument("--drop-last-batch-size", type=int, default=None, help="its batch size (default: training's)")
+    parser.add_argument(
+        "--drop-last-batch-size", type=int, default=None, help="its batch size (default: the training batch size)"
+    )
     parser.add_argument("--batch-size", type=int, default=64, help="items per forward pass and device")
     parser.add_argument("--model-name", default=None, help="`model` column (default: the experiment name)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
@@ -164,14 +227,17 @@ def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         help="results file to append to; a .csv twin and a .md table are written next to it",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace the results file instead of appending")
+    return parser
 
 
-def run_evaluate(args: argparse.Namespace) -> int:
-    """Run `evaluate`: `training.evaluate_pretrained` + `write_eval_results` (what `scripts/evaluate.py` does)."""
-    from .training import evaluate_pretrained, results_table, write_eval_results
+def evaluate_from_arguments(args: argparse.Namespace) -> EvaluationResults:
+    """`balm_hf.training.evaluate_to_results` with the options of [`add_evaluate_arguments`]."""
+    from . import training
 
-    rows, _ = evaluate_pretrained(
+    return training.evaluate_to_results(
         args.model,
+        args.results,
+        overwrite=args.overwrite,
         dataset=args.dataset,
         data_dir=args.data_dir,
         prediction_length=args.prediction_length,
@@ -182,14 +248,54 @@ def run_evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         model_name=args.model_name,
         bf16=args.bf16,
-        output_dir=args.results.parent / "evaluation_scratch",
     )
-    results_path = args.results if args.results.suffix in (".json", ".csv") else args.results / "eval_results.json"
-    all_rows = write_eval_results(results_path, rows, append=not args.overwrite)
-    table = results_table(all_rows)
-    results_path.with_suffix(".md").write_text(table, encoding="utf-8")
-    sys.stdout.write(f"results: {results_path} (+ .csv, .md)\n{table}")
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """Run `evaluate`: `training.evaluate_to_results` (what `scripts/evaluate.py` does)."""
+    results = evaluate_from_arguments(args)
+    sys.stdout.write(f"results: {results.path} (+ .csv, .md)\n{results.table}")
     return 0
+
+
+class _Command(NamedTuple):
+    help: str
+    description: str
+    epilog: str | None
+    add_arguments: Callable[[argparse.ArgumentParser], Any]
+    run: Callable[[argparse.Namespace], int]
+
+
+_COMMANDS = {
+    "forecast": _Command(
+        "forecast the steps after the end of a CSV",
+        "Forecast the prediction_length steps after the end of a CSV, in its units; write them as CSV.",
+        None,
+        _add_forecast_arguments,
+        run_forecast,
+    ),
+    "push": _Command(
+        "push a trained folder (model, scaler, results, card) to the Hub",
+        "Validate a trained folder, render its model card and upload it to a Hub model repository.",
+        None,
+        add_push_arguments,
+        run_push,
+    ),
+    "train": _Command(
+        "train and test one experiment, save the Hub-ready folder",
+        "Train and test one experiment from its YAML and save the Hub-ready folder to <run>/final.",
+        TRAIN_OVERRIDES_HELP,
+        add_train_arguments,
+        run_train,
+    ),
+    "evaluate": _Command(
+        "evaluate a saved model on the whole test split",
+        "Evaluate a saved model on the whole test split and append the rows to a results file.",
+        None,
+        add_evaluate_arguments,
+        run_evaluate,
+    ),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -198,30 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="BALM-TSF time series forecasting: forecast with, share, train and evaluate checkpoints.",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    forecast = commands.add_parser(
-        "forecast",
-        help="forecast the steps after the end of a CSV",
-        description="Forecast the prediction_length steps after the end of a CSV, in its units; write them as CSV.",
-    )
-    _add_forecast_arguments(forecast)
-    push = commands.add_parser(
-        "push",
-        help="push a trained folder (model, scaler, results, card) to the Hub",
-        description="Validate a trained folder, render its model card and upload it to a Hub model repository.",
-    )
-    add_push_arguments(push)
-    train = commands.add_parser(
-        "train",
-        help="train and test one experiment, save the Hub-ready folder",
-        description="Train and test one experiment from its YAML and save the Hub-ready folder to <run>/final.",
-    )
-    _add_train_arguments(train)
-    evaluate = commands.add_parser(
-        "evaluate",
-        help="evaluate a saved model on the whole test split",
-        description="Evaluate a saved model on the whole test split and append the rows to a results file.",
-    )
-    _add_evaluate_arguments(evaluate)
+    for name, command in _COMMANDS.items():
+        command.add_arguments(
+            commands.add_parser(name, help=command.help, description=command.description, epilog=command.epilog)
+        )
     return parser
 
 
@@ -234,18 +320,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     ```bash
     balm-tsf forecast --model runs/etth1_96 --input ETTh1.csv --output forecast.csv --plot forecast.png
     balm-tsf push --folder runs/etth1_96 --repo-id me/balm-tsf-etth1-96 --dry-run
-    balm-tsf train --config configuration/long_term/etth1_96.yaml --set training.learning_rate=0.005
+    balm-tsf train --config configuration/long_term/etth1_96.yaml --set training.learning_rate=0.005 --data.percent 10
     balm-tsf evaluate outputs/etth1_96/final --drop-last-test-batch --results results/eval_results.json
     ```
 
     Returns the exit status (0 on success, 1 on an error, whose message goes to standard error).
     """
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(sys.argv[1:] if argv is None else list(argv))
+    if args.command == "train":
+        args.overrides = train_overrides(parser, args, unknown)
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
-    commands = {"forecast": run_forecast, "push": run_push, "train": run_train, "evaluate": run_evaluate}
     try:
-        return commands[args.command](args)
+        return _COMMANDS[args.command].run(args)
     except _ERRORS as error:
         sys.stderr.write(f"balm-tsf {args.command}: error: {error}\n")
         return 1

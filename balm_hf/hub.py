@@ -28,50 +28,30 @@ from .backbones import PAPER_BACKBONE
 from .configuration_balm_tsf import BalmTsfConfig
 from .data import BalmTsfPreprocessor, get_split_config
 from .modeling_balm_tsf import BalmTsfForForecasting
+from .training import (
+    EVAL_RESULTS_CSV,
+    EVAL_RESULTS_JSON,
+    EVAL_ROW_FIELDS,
+    EXPERIMENT_FILE,
+    PREPROCESSOR_FILE,
+    TRAINING_INFO_FILE,
+    TRAINING_INFO_KEYS,
+)
 
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
-PREPROCESSOR_FILE = "preprocessor_config.json"
-EXPERIMENT_FILE = "experiment.yaml"
-TRAINING_INFO_FILE = "training_info.json"
-EVAL_RESULTS_FILE = "eval_results.json"
-EVAL_RESULTS_CSV_FILE = "eval_results.csv"
 MODEL_CARD_FILE = "README.md"
-# Every file a trained folder must hold besides the weights and the tokenizer (see `validate_folder`).
+# Every file a trained folder must hold besides the weights and the tokenizer (see `validate_folder`); the names, the
+# `training_info.json` keys and the evaluation row fields are those `balm_hf.training` writes.
 CONTRACT_FILES = (
     CONFIG_FILE,
     PREPROCESSOR_FILE,
     EXPERIMENT_FILE,
     TRAINING_INFO_FILE,
-    EVAL_RESULTS_FILE,
-    EVAL_RESULTS_CSV_FILE,
-)
-TRAINING_INFO_KEYS = (
-    "experiment",
-    "seed",
-    "wall_time_s",
-    "train_samples_per_second",
-    "epochs_completed",
-    "best_checkpoint",
-    "best_validation_mse",
-    "versions",
-    "git_revision",
-    "hardware",
-)
-EVAL_ROW_KEYS = (
-    "model",
-    "dataset",
-    "context_length",
-    "prediction_length",
-    "split",
-    "mse",
-    "mae",
-    "num_windows",
-    "num_items",
-    "drop_last",
-    "percent",
+    EVAL_RESULTS_JSON,
+    EVAL_RESULTS_CSV,
 )
 # Never uploaded: pickled objects (e.g. the `training_args.bin` that `Trainer.save_model` writes) can run code on load.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
@@ -203,13 +183,12 @@ def _load_experiment(folder: Path, required: bool) -> dict[str, Any]:
 def _check_eval_row(row: Any, index: int, path: Path) -> dict[str, Any]:
     if not isinstance(row, dict):
         raise ValueError(f"{path}: row {index} must be an object, got {type(row).__name__}")
-    missing = [key for key in EVAL_ROW_KEYS if key not in row]
+    missing = [key for key in EVAL_ROW_FIELDS if key not in row]
     if missing:
         raise ValueError(f"{path}: row {index} lacks the keys {missing}")
     for key in ("mse", "mae"):
-        value = row[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"{path}: row {index} has a non-finite or non-numeric `{key}`: {value!r}")
+        if _finite_or_none(row[key]) is None:
+            raise ValueError(f"{path}: row {index} has a non-finite or non-numeric `{key}`: {row[key]!r}")
     for key in ("context_length", "prediction_length", "num_windows", "num_items"):
         if isinstance(row[key], bool) or not isinstance(row[key], int):
             raise ValueError(f"{path}: row {index} `{key}` must be an integer, got {row[key]!r}")
@@ -217,7 +196,7 @@ def _check_eval_row(row: Any, index: int, path: Path) -> dict[str, Any]:
 
 
 def _load_eval_rows(folder: Path, config: BalmTsfConfig, required: bool) -> list[dict[str, Any]]:
-    path = folder / EVAL_RESULTS_FILE
+    path = folder / EVAL_RESULTS_JSON
     if not path.is_file():
         if required:
             raise FileNotFoundError(f"{path} is missing (the test metrics written by scripts/evaluate.py)")
@@ -237,7 +216,7 @@ def _load_eval_rows(folder: Path, config: BalmTsfConfig, required: bool) -> list
 
 
 def _check_eval_csv(folder: Path) -> None:
-    path = folder / EVAL_RESULTS_CSV_FILE
+    path = folder / EVAL_RESULTS_CSV
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing (the CSV that scripts/evaluate.py writes next to the JSON)")
     try:
@@ -436,10 +415,11 @@ def _format_number(value: Any) -> str | None:
     return str(int(number)) if number.is_integer() else f"{number:.3g}"
 
 
-def _format_duration(seconds: Any) -> str:
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
+def _format_duration(value: Any) -> str:
+    number = _finite_or_none(value)
+    if number is None:
         return "not recorded"
-    seconds = round(float(seconds))
+    seconds = round(number)
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     if hours:

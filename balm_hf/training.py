@@ -60,6 +60,19 @@ EVAL_ROW_FIELDS = (
     "drop_last",
     "percent",
 )
+# The keys of `training_info.json` (see `collect_training_info`); `balm_hf.hub.validate_folder` requires all of them.
+TRAINING_INFO_KEYS = (
+    "experiment",
+    "seed",
+    "wall_time_s",
+    "train_samples_per_second",
+    "epochs_completed",
+    "best_checkpoint",
+    "best_validation_mse",
+    "versions",
+    "git_revision",
+    "hardware",
+)
 ID_COLUMNS = ("window_index", "channel_index")
 # Every output field but the forecast: `Trainer` then gathers `prediction_outputs` alone during evaluation.
 PREDICTION_IGNORE_KEYS = [
@@ -1515,6 +1528,57 @@ def evaluate_pretrained(
     return rows, forecasts
 
 
+class EvaluationResults(typing.NamedTuple):
+    r"""
+    What [`evaluate_to_results`] returns.
+
+    Args:
+        rows (`list[dict]`): the rows of this evaluation.
+        all_rows (`list[dict]`): every row of the results file after writing (earlier rows first when appending).
+        table (`str`): the markdown table of `all_rows` ([`results_table`]), also written next to the results file.
+        path (`Path`): the JSON or CSV results file written (its twin and the `.md` table sit next to it).
+    """
+
+    rows: list[dict[str, Any]]
+    all_rows: list[dict[str, Any]]
+    table: str
+    path: Path
+
+
+def evaluate_to_results(
+    model_name_or_path: str | os.PathLike,
+    results_path: str | os.PathLike,
+    overwrite: bool = False,
+    **evaluate_kwargs: Any,
+) -> EvaluationResults:
+    r"""
+    Evaluate a saved model with [`evaluate_pretrained`] and record the rows: append them to the results file (JSON
+    `{"rows": [...]}` plus a CSV twin, see [`write_eval_results`]) and rewrite the markdown table of all its rows
+    ([`results_table`]) next to it with the suffix `.md`. This is what `balm-tsf evaluate` and `scripts/evaluate.py`
+    do.
+
+    Args:
+        model_name_or_path (`str` or `os.PathLike`): folder or Hub id.
+        results_path (`str` or `os.PathLike`):
+            A `.json` or `.csv` results file, or a folder (then `eval_results.json` in it).
+        overwrite (`bool`, *optional*, defaults to `False`): replace the rows already in the file instead of appending.
+        evaluate_kwargs:
+            Passed to [`evaluate_pretrained`]; `output_dir` (the prediction scratch folder) defaults to
+            `evaluation_scratch` next to `results_path`.
+
+    Returns:
+        [`EvaluationResults`]: this evaluation's rows, all the rows of the file, the table and the results file.
+    """
+    results_path = Path(results_path)
+    evaluate_kwargs.setdefault("output_dir", results_path.parent / "evaluation_scratch")
+    rows, _ = evaluate_pretrained(model_name_or_path, **evaluate_kwargs)
+    path = results_path if results_path.suffix in (".json", ".csv") else results_path / EVAL_RESULTS_JSON
+    all_rows = write_eval_results(path, rows, append=not overwrite)
+    table = results_table(all_rows)
+    path.with_suffix(".md").write_text(table, encoding="utf-8")
+    return EvaluationResults(rows=rows, all_rows=all_rows, table=table, path=path)
+
+
 HORIZONS = (96, 192, 336, 720)
 
 
@@ -1554,10 +1618,12 @@ def results_table(rows: Sequence[Mapping[str, Any]], drop_last: bool = False, di
 __all__ = [
     "EVAL_ROW_FIELDS",
     "PAPER_SCHEDULES",
+    "TRAINING_INFO_KEYS",
     "BalmTsfTrainer",
     "DataArguments",
     "EpochLrLambda",
     "EvaluationArguments",
+    "EvaluationResults",
     "ExperimentConfig",
     "ExperimentResult",
     "ForecastOutput",
@@ -1574,6 +1640,7 @@ __all__ = [
     "create_paper_scheduler",
     "drop_last_item_count",
     "evaluate_pretrained",
+    "evaluate_to_results",
     "forecast_metrics_rows",
     "load_experiment_config",
     "read_eval_results",

@@ -34,6 +34,7 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 
 import transformers  # noqa: E402
 
+from balm_hf.cli import TRAIN_OVERRIDES_HELP, add_train_arguments, format_test_row, train_overrides  # noqa: E402
 from balm_hf.training import load_experiment_config, run_experiment  # noqa: E402
 
 
@@ -44,54 +45,11 @@ logger = logging.getLogger("balm_hf.train")
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(
-        description=__doc__,
-        epilog=(
-            "Any config field can be overridden with --set section.key=value (values are YAML: 0.005, true, [a, b]) "
-            "or --section.key value, e.g. --set training.learning_rate=0.005, --model.config.llm_layers 2, "
-            "--set data.percent=10. Unknown keys and impossible values are refused with a message naming them."
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__, epilog=TRAIN_OVERRIDES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--config", type=Path, default=DEFAULT_CONFIG, help=f"experiment YAML (default: {DEFAULT_CONFIG})"
-    )
-    parser.add_argument(
-        "--output-dir", type=Path, default=None, help="run folder (default: training.output_dir of the config)"
-    )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field (repeatable)",
-    )
-    parser.add_argument(
-        "--resume",
-        nargs="?",
-        const=True,
-        default=None,
-        metavar="CHECKPOINT",
-        help="resume from the latest checkpoint of the output folder, or from CHECKPOINT",
-    )
+    add_train_arguments(parser, default_config=DEFAULT_CONFIG)
     args, unknown = parser.parse_known_args(argv)
-    overrides = list(args.overrides)
-    index = 0
-    while index < len(unknown):
-        token = unknown[index]
-        if not token.startswith("--") or "." not in token.split("=", 1)[0]:
-            parser.error(f"unrecognized argument {token!r} (overrides look like --section.key value)")
-        if "=" in token:
-            overrides.append(token[2:])
-            index += 1
-        elif index + 1 < len(unknown):
-            overrides.append(f"{token[2:]}={unknown[index + 1]}")
-            index += 2
-        else:
-            parser.error(f"override {token} needs a value")
-    if isinstance(args.resume, str):
-        args.resume = Path(args.resume)
-    return args, overrides
+    return args, train_overrides(parser, args, unknown)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -109,10 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         transformers.logging.set_verbosity(verbosity)
     for row in result.eval_rows:
-        logger.info(
-            f"test {row['dataset']} L={row['context_length']} H={row['prediction_length']} "
-            f"drop_last={row['drop_last']}: mse={row['mse']:.6f} mae={row['mae']:.6f} over {row['num_items']} items"
-        )
+        logger.info(format_test_row(row))
     logger.info(f"saved {result.final_dir} in {result.training_info['wall_time_s']:.1f} s")
     return 0
 
