@@ -62,8 +62,8 @@ BALM_DEFAULT_LEARNING_RATE = 0.01
 # the range PatchTST users pick) is the default here.
 BASELINE_LEARNING_RATES = {"dlinear": 0.005, "patchtst": 0.001}
 # Batch sizes: the paper's 24 for both BALM-TSF variants, DLinear's scripts' 32, and 32 for PatchTST: its scripts
-# use 128 over 100 full epochs, but under per-epoch halving with capped epochs that leaves too few optimizer steps (a
-# first ETTh1 run with 128 and 8000 items per epoch underfit; it is kept in `results/compare/superseded/`).
+# use 128 over 100 full epochs, which under per-epoch halving with capped epochs leaves few optimizer steps. (On ETTh1
+# a first run with 128 and one with 32 scored about the same; see `results/compare/README.md`.)
 DEFAULT_BATCH_SIZES = {"balm_tsf": 24, "balm_tsf_no_llm": 24, "patchtst": 32, "dlinear": 32}
 # PatchTST's ETTh1 setting in its authors' scripts (patch 16, stride 8, 3 layers, d_model 16, 4 heads, FFN 128,
 # dropout 0.3), as a `transformers.PatchTSTConfig`.
