@@ -1,4 +1,4 @@
-.PHONY: style quality test test-slow
+.PHONY: style quality typecheck test test-slow
 
 check_dirs := balm_hf scripts tests
 
@@ -9,6 +9,9 @@ style:
 quality:
 	ruff check $(check_dirs)
 	ruff format --check $(check_dirs)
+
+typecheck:
+	mypy balm_hf
 
 test:
 	HF_HUB_OFFLINE=1 python -m pytest -q

@@ -141,8 +141,8 @@ class DLinearForForecastingOutput(ModelOutput):
             The forecast: the sum of the seasonal and the trend forecasts.
     """
 
-    loss: torch.FloatTensor | None = None
-    prediction_outputs: torch.FloatTensor | None = None
+    loss: torch.Tensor | None = None
+    prediction_outputs: torch.Tensor | None = None
 
 
 class DLinearSeriesDecomposition(nn.Module):
@@ -213,6 +213,8 @@ class DLinearForForecasting(DLinearPreTrainedModel):
         super().__init__(config)
         self.decomposition = DLinearSeriesDecomposition(config.moving_average_kernel_size)
         length, horizon = config.context_length, config.prediction_length
+        self.seasonal_linear: nn.Module
+        self.trend_linear: nn.Module
         if config.individual:
             self.seasonal_linear = nn.ModuleList(nn.Linear(length, horizon) for _ in range(config.num_input_channels))
             self.trend_linear = nn.ModuleList(nn.Linear(length, horizon) for _ in range(config.num_input_channels))
@@ -289,8 +291,8 @@ class NaiveForecasterOutput(ModelOutput):
             The forecast.
     """
 
-    loss: torch.FloatTensor | None = None
-    prediction_outputs: torch.FloatTensor | None = None
+    loss: torch.Tensor | None = None
+    prediction_outputs: torch.Tensor | None = None
 
 
 class SeasonalNaiveForecaster(nn.Module):

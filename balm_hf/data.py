@@ -289,8 +289,8 @@ class BalmTsfPreprocessor(FeatureExtractionMixin):
         if values.dtype.kind not in "fiu":
             raise TypeError(f"Expected numeric values, got dtype {values.dtype}")
         mean, std = self._statistics(values, channel_index)
-        dtype = values.dtype if values.dtype.kind == "f" else np.float64
-        mean, std = mean.astype(dtype), std.astype(dtype)
+        np_dtype = values.dtype if values.dtype.kind == "f" else np.dtype(np.float64)
+        mean, std = mean.astype(np_dtype), std.astype(np_dtype)
         return values * std + mean if inverse else (values - mean) / std
 
     def transform(
@@ -819,7 +819,7 @@ def load_forecasting_dataset(
             scaled[start:end],
             context_length,
             prediction_length,
-            observed_mask=None if missing != "mask" else observed[start:end],
+            observed_mask=None if observed is None else observed[start:end],  # not None iff missing == "mask"
         )
         num_windows = window_transform.num_windows
         # channel-major: item i = (channel i // num_windows, window i % num_windows), as in the original

@@ -200,6 +200,8 @@ class _Section:
         values = {} if values is None else values
         if not isinstance(values, Mapping):
             raise ValueError(f"`{cls._section}` must be a mapping of settings, got {values!r}")
+        if not dataclasses.is_dataclass(cls):
+            raise TypeError(f"{cls.__name__} must be a dataclass to be read from a config")
         hints = typing.get_type_hints(cls)
         known = [f.name for f in dataclasses.fields(cls)]
         unknown = [key for key in values if key not in known]
@@ -530,7 +532,11 @@ class ExperimentConfig(_Section):
         values = {} if values is None else values
         if not isinstance(values, Mapping):
             raise ValueError(f"An experiment config must be a mapping, got {type(values).__name__}")
-        sections = {"data": DataArguments, "model": ModelArguments, "training": TrainingSettings}
+        sections: dict[str, type[_Section]] = {
+            "data": DataArguments,
+            "model": ModelArguments,
+            "training": TrainingSettings,
+        }
         sections["evaluation"] = EvaluationArguments
         known = ["name", "description", *sections]
         unknown = [key for key in values if key not in known]
@@ -814,9 +820,13 @@ class BalmTsfTrainer(Trainer):
             return super().create_scheduler(num_training_steps, optimizer)
         if self._num_update_steps_per_epoch is None:
             raise RuntimeError("the number of optimizer steps per epoch is unknown: call `train()`")
-        self.lr_scheduler = create_paper_scheduler(
+        optimizer = self.optimizer if optimizer is None else optimizer
+        if optimizer is None:
+            raise RuntimeError("no optimizer to schedule: call `create_optimizer()` first")
+        # `Trainer` annotates `lr_scheduler` as `LambdaLR | None`, but takes any scheduler (here also `OneCycleLR`)
+        self.lr_scheduler = create_paper_scheduler(  # type: ignore[assignment]
             self.paper_lr_scheduler,
-            self.optimizer if optimizer is None else optimizer,
+            optimizer,
             steps_per_epoch=self._num_update_steps_per_epoch,
             num_training_steps=num_training_steps,
         )
@@ -874,8 +884,12 @@ class BalmTsfTrainer(Trainer):
             ignore_keys=ignore_keys,
             metric_key_prefix=metric_key_prefix,
         )
-        for name, value in self._pop_loss_parts().items():
-            output.metrics[f"{metric_key_prefix}_{name}"] = value
+        loss_parts = self._pop_loss_parts()
+        if loss_parts:
+            if output.metrics is None:
+                raise RuntimeError("the evaluation loop returned no metrics dict to add the loss parts to")
+            for name, value in loss_parts.items():
+                output.metrics[f"{metric_key_prefix}_{name}"] = value
         self._loss_parts, self._loss_parts_count = train_parts, train_count
         return output
 
@@ -898,8 +912,12 @@ class BalmTsfTrainer(Trainer):
             output = self.predict(dataset, ignore_keys=PREDICTION_IGNORE_KEYS, metric_key_prefix="test")
         finally:
             self.label_names, self.compute_metrics = saved
-        references, window_index, channel_index = output.label_ids[:3]
-        mask = output.label_ids[3] if has_mask else None
+        if not isinstance(output.label_ids, (tuple, list)):
+            raise RuntimeError(f"expected one label array per name in {label_names}, got {type(output.label_ids)}")
+        # transformers annotates a tuple of label arrays as `tuple[np.ndarray]` (one element)
+        label_ids = typing.cast("tuple[np.ndarray, ...]", output.label_ids)
+        references, window_index, channel_index = label_ids[:3]
+        mask = label_ids[3] if has_mask else None
         window_index = np.asarray(window_index, dtype=np.int64)
         channel_index = np.asarray(channel_index, dtype=np.int64)
         order, num_windows, num_channels = canonical_item_order(window_index, channel_index, len(dataset))
@@ -1365,6 +1383,8 @@ def run_experiment(
     set_seed(config.training.seed)
     splits = build_datasets(config)
     preprocessor = splits.preprocessor
+    if preprocessor is None or preprocessor.dataset_name is None:
+        raise RuntimeError("the datasets were built without a preprocessor (fitted scaler) or its dataset name")
     model = build_model(config)
     trainer = build_trainer(config, model, splits, output_dir=output_dir)
     train_output = trainer.train(resume_from_checkpoint=resume, ignore_keys_for_eval=PREDICTION_IGNORE_KEYS)
@@ -1396,7 +1416,9 @@ def run_experiment(
     )
     final_dir = output_dir / FINAL_FOLDER_NAME
     if trainer.is_world_process_zero():
-        save_experiment_folder(final_dir, trainer.model, preprocessor, config, info, rows)
+        # `Trainer.model` is typed loosely; it is the `BalmTsfForForecasting` that `build_model` made
+        final_model = typing.cast(BalmTsfForForecasting, trainer.model)
+        save_experiment_folder(final_dir, final_model, preprocessor, config, info, rows)
         (output_dir / "log_history.json").write_text(json.dumps(state.log_history, indent=2) + "\n")
         render_model_card_if_available(final_dir)
     trainer.accelerator.wait_for_everyone()
@@ -1517,6 +1539,8 @@ def evaluate_pretrained(
     )
     trainer = BalmTsfTrainer(model=model, args=args, data_collator=BalmTsfDataCollator())
     forecasts = trainer.predict_forecasts(splits["test"])
+    if splits.preprocessor is None or splits.preprocessor.dataset_name is None:
+        raise RuntimeError("the test split was loaded without a preprocessor (fitted scaler) or its dataset name")
     rows = forecast_metrics_rows(
         forecasts,
         model_name=model_name or experiment.get("name") or model_name_or_path,
@@ -1606,9 +1630,10 @@ def results_table(rows: Sequence[Mapping[str, Any]], drop_last: bool = False, di
         "|" + "---|" * (len(horizons) + 2),
     ]
     for (model, dataset), by_horizon in cells.items():
-        average = None
+        average: tuple[float, float] | None = None
         if all(h in by_horizon for h in HORIZONS):
-            average = tuple(float(np.mean([by_horizon[h][i] for h in HORIZONS])) for i in range(2))
+            mse, mae = (float(np.mean([by_horizon[h][i] for h in HORIZONS])) for i in range(2))
+            average = (mse, mae)
         label = f"{model} | {dataset}" if len(models) > 1 else dataset
         values = " | ".join(fmt(by_horizon.get(h)) for h in horizons)
         lines.append(f"| {label} | {values} | {fmt(average)} |")

@@ -244,11 +244,12 @@ def make_compute_metrics(
             raise ValueError("no labels reached compute_metrics: set `label_names=['future_values']`")
         labels = np.asarray(labels)
         predictions = _select_predictions(eval_prediction.predictions, labels.shape, prediction_index)
-        past_values = None
+        past_values: np.ndarray | None = None
         if "mase" in names:
-            past_values = eval_prediction.inputs
-            if past_values is None:
+            inputs = eval_prediction.inputs
+            if inputs is None:
                 raise ValueError("MASE needs the context windows: set `include_for_metrics=['inputs']`")
+            past_values = np.asarray(inputs) if isinstance(inputs, tuple) else inputs
         results = compute_forecasting_metrics(
             predictions,
             labels,
