@@ -748,7 +748,10 @@ def render_summary(output_dir: str | os.PathLike) -> str:
     """
     folder = Path(output_dir)
     settings_rows = [read_results(path) for path in sorted(folder.glob("*_L*_H*.json"))]
-    settings_rows = [rows for rows in settings_rows if rows]
+    settings_rows = sorted(
+        (rows for rows in settings_rows if rows),
+        key=lambda rows: (rows[0]["dataset"], int(rows[0]["context_length"]), int(rows[0]["prediction_length"])),
+    )
     if not settings_rows:
         return "No results yet.\n"
     header = ["setting", "published BALM-TSF (GPT-2, paper protocol)"] + [MODEL_LABELS[name] for name in MODEL_NAMES]
@@ -771,7 +774,7 @@ def render_summary(output_dir: str | os.PathLike) -> str:
         for name in MODEL_NAMES:
             row = by_model.get(name)
             if row is None:
-                cells.append("not run")
+                cells.append("no result")
                 continue
             capped = "" if row.get("stop_reason") == "not trained" or row.get("paper_protocol") else "*"
             cells.append(f"{row['mse']:.3f}/{row['mae']:.3f}{capped}")

@@ -139,7 +139,7 @@ def test_time_budget_stops_at_the_first_epoch_boundary_and_is_reported(workspace
     readme.write_text(f"intro\n\n{README_START}\nstale\n{README_END}\noutro\n")
     text = update_readme(readme, workspace / "budget").read_text()
     assert text.startswith("intro") and text.rstrip().endswith("outro") and "stale" not in text
-    assert "| etth1_short L=64 H=16 | - | not run | not run | not run |" in text  # no published number for a CSV
+    assert "| etth1_short L=64 H=16 | - | no result | no result | no result |" in text  # no published number for a CSV
 
 
 def test_unknown_model_and_bad_caps_raise_value_error() -> None:
