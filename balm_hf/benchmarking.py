@@ -185,6 +185,7 @@ def measure(setting: BenchmarkSetting, phase: str = "all") -> dict[str, Any]:
     result: dict[str, Any] = {
         "setting": asdict(setting),
         "phase": phase,
+        "llm_dtype": config.llm_dtype,
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "total_parameters": sum(p.numel() for p in model.parameters()),
     }

@@ -109,7 +109,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
             row["share_outside_llm"] = min(outside / row["train_step_s"], 1.0)
             if llm_seconds > 0:  # timing noise can make the difference meaningless on tiny models
                 row["llm_train_gflops"] = row["llm_train_gflop_per_sample"] * setting.batch_size / llm_seconds
-                row["llm_utilisation"] = row["llm_train_gflops"] / peaks[setting.precision]
+                # The backbone runs in bf16 under bf16 autocast or with `llm_dtype="bfloat16"` (fast mode).
+                llm_bf16 = setting.precision == "bf16" or row["llm_dtype"] == "bfloat16"
+                row["llm_precision"] = "bf16" if llm_bf16 else "fp32"
+                row["llm_utilisation"] = row["llm_train_gflops"] / peaks[row["llm_precision"]]
         reference = ORIGINAL_REFERENCE.get((setting.backbone, setting.llm_width, setting.precision))
         if reference and setting.llm_layers == 6 and setting.batch_size == 24:
             row["original"] = reference
@@ -160,7 +163,9 @@ def format_table(report: dict) -> str:
             f"{s['backbone']} {s['llm_layers']}x{s['llm_width']}" if s["backbone"] == "gpt2-shape" else s["backbone"]
         )
         util = (
-            f"{row['llm_train_gflops']:.0f} ({100 * row['llm_utilisation']:.0f}%)" if "llm_utilisation" in row else "-"
+            f"{row['llm_train_gflops']:.0f} ({100 * row['llm_utilisation']:.0f}% of {row['llm_precision']})"
+            if "llm_utilisation" in row
+            else "-"
         )
         share = f"{100 * row['share_outside_llm']:.0f}%" if "share_outside_llm" in row else "-"
         same = (
