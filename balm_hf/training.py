@@ -1045,6 +1045,13 @@ def build_model(config: ExperimentConfig) -> BalmTsfForForecasting:
     )
 
 
+def build_data_collator(model: BalmTsfForForecasting) -> BalmTsfDataCollator:
+    """The batch collator; it also builds the statistics prompts, so the training step runs only tensors."""
+    if model.tokenizer is None:
+        return BalmTsfDataCollator()
+    return BalmTsfDataCollator(model_config=model.config, tokenizer=model.tokenizer)
+
+
 def build_trainer(
     config: ExperimentConfig,
     model: BalmTsfForForecasting,
@@ -1063,7 +1070,7 @@ def build_trainer(
     return BalmTsfTrainer(
         model=model,
         args=args,
-        data_collator=BalmTsfDataCollator(),
+        data_collator=build_data_collator(model),
         train_dataset=splits["train"],
         eval_dataset=subsample_evenly(splits["validation"], config.evaluation.max_validation_items),
         compute_metrics=make_compute_metrics(("mse", "mae")),
@@ -1537,7 +1544,7 @@ def evaluate_pretrained(
         dataloader_pin_memory=torch.cuda.is_available(),
         report_to="none",
     )
-    trainer = BalmTsfTrainer(model=model, args=args, data_collator=BalmTsfDataCollator())
+    trainer = BalmTsfTrainer(model=model, args=args, data_collator=build_data_collator(model))
     forecasts = trainer.predict_forecasts(splits["test"])
     if splits.preprocessor is None or splits.preprocessor.dataset_name is None:
         raise RuntimeError("the test split was loaded without a preprocessor (fitted scaler) or its dataset name")
@@ -1657,6 +1664,7 @@ __all__ = [
     "apply_overrides",
     "build_datasets",
     "build_model",
+    "build_data_collator",
     "build_trainer",
     "build_training_arguments",
     "canonical_item_order",
