@@ -18,7 +18,7 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Sized
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,10 +33,12 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
+from transformers.models.patchtst.modeling_patchtst import PatchTSTForPredictionOutput
 from transformers.utils import ModelOutput
 
 from .baselines import DLinearConfig, DLinearForForecasting, NaiveForecaster, SeasonalNaiveForecaster
 from .benchmarking import FAST_MODE_SWITCHES, machine_info
+from .configuration_balm_tsf import BalmTsfConfig
 from .data import BalmTsfDataCollator, load_forecasting_dataset
 from .metrics import make_compute_metrics
 from .modeling_balm_tsf import BalmTsfForForecasting
@@ -278,8 +280,8 @@ class PatchTSTForecastOutput(ModelOutput):
             The forecast.
     """
 
-    loss: torch.FloatTensor | None = None
-    prediction_outputs: torch.FloatTensor | None = None
+    loss: torch.Tensor | None = None
+    prediction_outputs: torch.Tensor | None = None
 
 
 class PatchTSTForecastingBaseline(PatchTSTForPrediction):
@@ -289,7 +291,7 @@ class PatchTSTForecastingBaseline(PatchTSTForPrediction):
     loss and the forecast in its output (so the evaluation gathers the forecast alone).
     """
 
-    def forward(
+    def forward(  # type: ignore[override]  # same inputs; the output keeps only the loss and the forecast
         self,
         past_values: torch.Tensor,
         future_values: torch.Tensor | None = None,
@@ -302,6 +304,8 @@ class PatchTSTForecastingBaseline(PatchTSTForPrediction):
             past_observed_mask=past_observed_mask,
             return_dict=True,
         )
+        if not isinstance(output, PatchTSTForPredictionOutput):
+            raise TypeError(f"PatchTSTForPrediction returned {type(output).__name__}, expected its output class")
         return PatchTSTForecastOutput(loss=output.loss, prediction_outputs=output.prediction_outputs)
 
 
@@ -362,6 +366,8 @@ class ComparisonTrainer(BalmTsfTrainer):
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         cap = self.max_train_items_per_epoch
+        if not isinstance(dataset, Sized):
+            raise TypeError(f"ComparisonTrainer needs a training dataset with a length, got {type(dataset).__name__}")
         if cap is None or len(dataset) <= cap:
             return super()._get_train_sampler(train_dataset)
         generator = torch.Generator().manual_seed(self.args.seed)
@@ -480,6 +486,8 @@ def run_model(settings: ComparisonSettings, model_name: str, splits: Any) -> dic
     notes = []
     if model_name.startswith("balm_tsf"):
         config = model.config
+        if not isinstance(config, BalmTsfConfig):
+            raise TypeError(f"{model_name} should be a BALM-TSF model, got config {type(config).__name__}")
         switches = {key: getattr(config, key) for key in FAST_MODE_SWITCHES} if settings.fast_mode else {}
         notes.append(
             f"backbone {config.llm_name_or_path} ({config.llm_layers} layers, frozen); "
@@ -494,6 +502,7 @@ def run_model(settings: ComparisonSettings, model_name: str, splits: Any) -> dic
     if model_name == "seasonal_naive":
         notes.append(f"season {settings.season_length}")
 
+    trainer: BalmTsfTrainer
     if trained:
         max_validation = settings.per_model("max_validation_items", model_name)
         validation = subsample_evenly(splits["validation"], max_validation)
