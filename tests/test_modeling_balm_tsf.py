@@ -785,3 +785,16 @@ def test_original_state_dict_conversion_renames_strips_ddp_prefix_and_rejects_un
     assert set(converted) == {"model.mapping.bias", "model.text_encoder.llm.h.0.attn.c_attn.weight"}
     with pytest.raises(ValueError, match="normalize_layers"):
         convert_original_state_dict({"normalize_layers.mean": tensor})
+
+
+def test_prefix_cache_matches_when_the_read_out_reaches_into_the_learnable_prompt():
+    # 128 read-out positions but only about 75 prompt tokens: part of the read-out is the learnable prompt itself.
+    model = tiny_model(context_length=512, prediction_length=512).eval()
+    assert model.config.prompt_length == 128
+    past = torch.randn(3, 512, 1).cumsum(dim=1)
+    with torch.no_grad():
+        model.config.use_prefix_cache = False
+        plain = model(past_values=past).prediction_outputs
+        model.config.use_prefix_cache = True
+        cached = model(past_values=past).prediction_outputs
+    torch.testing.assert_close(cached, plain, rtol=0, atol=1e-5)
