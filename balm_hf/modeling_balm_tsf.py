@@ -489,7 +489,11 @@ class BalmTsfPreTrainedModel(PreTrainedModel):
     def from_pretrained(  # type: ignore[override]
         cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any
     ) -> Any:
-        """Load the model and attach the tokenizer stored next to it (when the folder or repo has one)."""
+        """
+        Load the model and attach the tokenizer stored next to it (when the folder or repo has one). Weights are read
+        from safetensors only (never a pickle), unless `use_safetensors=False` is passed explicitly.
+        """
+        kwargs.setdefault("use_safetensors", True)
         loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded
         tokenizer_kwargs = {

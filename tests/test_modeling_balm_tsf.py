@@ -798,3 +798,12 @@ def test_prefix_cache_matches_when_the_read_out_reaches_into_the_learnable_promp
         model.config.use_prefix_cache = True
         cached = model(past_values=past).prediction_outputs
     torch.testing.assert_close(cached, plain, rtol=0, atol=1e-5)
+
+
+def test_from_pretrained_never_unpickles_weights(tmp_path):
+    model = tiny_model()
+    model.save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    with pytest.raises(OSError, match="safetensors"):
+        BalmTsfForForecasting.from_pretrained(tmp_path)
