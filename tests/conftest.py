@@ -56,6 +56,14 @@ def tiny_model(**overrides) -> BalmTsfForForecasting:
 
 
 @pytest.fixture(scope="session")
+def preprocessor():
+    """The fitted ETTh1 scaler of the tiny model's sizes (context 64, horizon 16)."""
+    from balm_hf import load_forecasting_dataset
+
+    return load_forecasting_dataset("ETTh1", context_length=64, prediction_length=16, data_dir=DATA_DIR).preprocessor
+
+
+@pytest.fixture(scope="session")
 def tokenizer():
     return AutoTokenizer.from_pretrained(TOKENIZER_DIR)
 

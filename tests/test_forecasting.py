@@ -19,18 +19,10 @@ from balm_hf import (
     BalmTsfForecaster,
     BalmTsfForForecasting,
     forecast,
-    load_forecasting_dataset,
     plot_forecast,
     training,
 )
 from balm_hf.cli import main as cli_main
-
-
-@pytest.fixture(scope="module")
-def preprocessor():
-    return load_forecasting_dataset(
-        "ETTh1", context_length=CONTEXT_LENGTH, prediction_length=PREDICTION_LENGTH, data_dir=DATA_DIR
-    ).preprocessor
 
 
 @pytest.fixture(scope="module")

@@ -88,13 +88,6 @@ def build_trained_folder(folder: Path, preprocessor=None, **config_overrides) ->
 
 
 @pytest.fixture(scope="module")
-def preprocessor():
-    return load_forecasting_dataset(
-        "ETTh1", context_length=CONTEXT_LENGTH, prediction_length=PREDICTION_LENGTH, data_dir=DATA_DIR
-    ).preprocessor
-
-
-@pytest.fixture(scope="module")
 def trained_folder(tmp_path_factory, preprocessor) -> Path:
     return build_trained_folder(tmp_path_factory.mktemp("trained") / "run", preprocessor)
 
