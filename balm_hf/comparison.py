@@ -68,7 +68,9 @@ BASELINE_LEARNING_RATES = {"dlinear": 0.005, "patchtst": 0.001}
 # a first run with 128 and one with 32 scored about the same; see `results/compare/README.md`.)
 DEFAULT_BATCH_SIZES = {"balm_tsf": 24, "balm_tsf_no_llm": 24, "patchtst": 32, "dlinear": 32}
 # PatchTST's ETTh1 setting in its authors' scripts (patch 16, stride 8, 3 layers, d_model 16, 4 heads, FFN 128,
-# dropout 0.3), as a `transformers.PatchTSTConfig`.
+# dropout 0.3), as a `transformers.PatchTSTConfig`. `pooling_type=None` selects the flatten head of the paper
+# (every patch embedding feeds the linear head); `PatchTSTConfig` defaults to mean-pooling the patches, which leaves
+# the head a single d_model vector per series and underfits.
 PATCHTST_DEFAULTS: dict[str, Any] = {
     "patch_length": 16,
     "patch_stride": 8,
@@ -82,6 +84,7 @@ PATCHTST_DEFAULTS: dict[str, Any] = {
     "head_dropout": 0.0,
     "scaling": "std",
     "loss": "mse",
+    "pooling_type": None,
 }
 RESULT_FIELDS = (
     "model",

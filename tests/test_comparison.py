@@ -18,6 +18,7 @@ from balm_hf.comparison import (
     README_END,
     README_START,
     ComparisonSettings,
+    build_comparison_model,
     read_results,
     run_comparison,
     update_readme,
@@ -149,3 +150,13 @@ def test_unknown_model_and_bad_caps_raise_value_error() -> None:
         ComparisonSettings(max_train_items_per_epoch={"naive": 10})
     with pytest.raises(ValueError, match="-3"):
         ComparisonSettings(time_budget_minutes={"*": -3})
+
+
+def test_patchtst_baseline_uses_the_flatten_head_of_the_paper() -> None:
+    """Every patch embedding reaches the linear head (`PatchTSTConfig` defaults to mean-pooling the patches)."""
+    settings = ComparisonSettings(dataset="ETTh1", context_length=512, prediction_length=96, models=("patchtst",))
+    model = build_comparison_model(settings, "patchtst")
+    num_patches = (512 - 16) // 8 + 1
+    assert model.config.pooling_type is None
+    assert model.head.projection.in_features == 16 * num_patches
+    assert model.head.projection.out_features == 96
