@@ -87,6 +87,12 @@ class BalmTsfConfig(PretrainedConfig):
             precision. Much faster on CPUs with native bf16 (AVX-512 BF16, AMX) and on GPUs, and avoids re-casting the
             frozen weights in every step (autocast caches casts only for trainable weights). `None` keeps the backbone
             in the model's dtype (paper).
+        trim_last_block (`bool`, *optional*, defaults to `True`):
+            Only the last `prompt_length` positions of the LLM's final hidden state are read out, so the final block
+            computes keys and values for every position but queries, attention output, MLP and final layer norm for
+            the read-out positions only (about 70% of that block's work). The same function (float rounding aside);
+            used for GPT-2- and BERT-family backbones, other backbones run the block in full. `False` runs the
+            backbone unchanged.
         contrastive_mask_own_positive (`bool`, *optional*, defaults to `False`):
             **(beyond)** The paper's negatives are the positives rolled by one along the batch, so every sample's own
             positive is also among its negatives. `True` masks that duplicate out of the InfoNCE logits.
@@ -144,6 +150,7 @@ class BalmTsfConfig(PretrainedConfig):
         prompt_stable_lags: bool = False,
         use_prefix_cache: bool | None = None,
         llm_dtype: str | None = None,
+        trim_last_block: bool = True,
         contrastive_mask_own_positive: bool = False,
         init_std: float | None = None,
         **kwargs: Any,
@@ -242,6 +249,7 @@ class BalmTsfConfig(PretrainedConfig):
         self.prompt_stable_lags = prompt_stable_lags
         self.use_prefix_cache = use_prefix_cache
         self.llm_dtype = llm_dtype
+        self.trim_last_block = trim_last_block
         self.contrastive_mask_own_positive = contrastive_mask_own_positive
         self.init_std = init_std
         super().__init__(**kwargs)

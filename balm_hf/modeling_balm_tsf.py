@@ -11,7 +11,8 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+import torch.nn.functional as F
+from transformers import AutoModel, AutoTokenizer, BertModel, GPT2Model, PreTrainedModel, PreTrainedTokenizerBase
 from transformers import initialization as init
 from transformers.activations import GELUTanh, NewGELUActivation
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
@@ -296,6 +297,94 @@ def _use_fused_gelu(module: nn.Module) -> None:
             _use_fused_gelu(child)
 
 
+class _LastBlockReached(Exception):
+    """Raised by a forward pre-hook to stop the backbone at its final block and hand over that block's input."""
+
+    def __init__(self, hidden_states: torch.Tensor) -> None:
+        super().__init__()
+        self.hidden_states = hidden_states
+
+
+def _trimmable_last_block(llm: nn.Module) -> nn.Module | None:
+    """The final block of a backbone whose read-out-only variant is implemented, else `None` (run it in full)."""
+    config = llm.config
+    if isinstance(llm, GPT2Model) and len(llm.h) > 0:
+        plain = config.scale_attn_weights and not config.scale_attn_by_inverse_layer_idx
+        if plain and not config.reorder_and_upcast_attn and not config.add_cross_attention:
+            return llm.h[-1]
+    if isinstance(llm, BertModel) and len(llm.encoder.layer) > 0:
+        absolute = getattr(config, "position_embedding_type", "absolute") == "absolute"
+        if absolute and not config.is_decoder and not config.add_cross_attention:
+            return llm.encoder.layer[-1]
+    return None
+
+
+def _split_heads(states: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """`[series, tokens, width]` -> `[series, heads, tokens, head_dim]`."""
+    return states.view(*states.shape[:2], -1, head_dim).transpose(1, 2)
+
+
+def _merge_heads(states: torch.Tensor) -> torch.Tensor:
+    """`[series, heads, tokens, head_dim]` -> `[series, tokens, width]`."""
+    return states.transpose(1, 2).flatten(start_dim=2)
+
+
+def _gpt2_last_block_readout(
+    llm: GPT2Model,
+    hidden: torch.Tensor,
+    readout: int,
+    key_mask: torch.Tensor | None,
+    past: tuple[torch.Tensor, torch.Tensor] | None,
+) -> torch.Tensor:
+    """GPT-2's final block and final layer norm for the last `readout` positions (keys/values for all positions)."""
+    block = llm.h[-1]
+    attention = block.attn
+    width, head_dim = attention.embed_dim, attention.head_dim
+    normed = block.ln_1(hidden)
+    weight, bias = attention.c_attn.weight, attention.c_attn.bias  # Conv1D: [width, 3 * width]
+    key_value = torch.addmm(bias[width:], normed.flatten(end_dim=1), weight[:, width:]).view(*hidden.shape[:2], -1)
+    key, value = _split_heads(key_value[..., :width], head_dim), _split_heads(key_value[..., width:], head_dim)
+    query = torch.addmm(bias[:width], normed[:, -readout:].flatten(end_dim=1), weight[:, :width])
+    query = _split_heads(query.view(hidden.shape[0], readout, width), head_dim)
+    if past is not None:  # the shared prefix's keys and values
+        key, value = torch.cat([past[0].to(key.dtype), key], dim=2), torch.cat([past[1].to(value.dtype), value], dim=2)
+    total = key.shape[2]
+    allowed = torch.ones(readout, total, dtype=torch.bool, device=hidden.device).tril(diagonal=total - readout)
+    if key_mask is not None:
+        allowed = allowed & key_mask[:, None, None, :].bool()
+    attended = F.scaled_dot_product_attention(
+        query,
+        key,
+        value,
+        attn_mask=allowed,
+        dropout_p=attention.attn_dropout.p if attention.training else 0.0,
+        scale=attention.scaling,
+    )
+    states = hidden[:, -readout:] + attention.resid_dropout(attention.c_proj(_merge_heads(attended)))
+    states = states + block.mlp(block.ln_2(states))
+    return llm.ln_f(states)
+
+
+def _bert_last_layer_readout(
+    llm: BertModel, hidden: torch.Tensor, readout: int, key_mask: torch.Tensor | None
+) -> torch.Tensor:
+    """BERT's final (post-norm) layer for the last `readout` positions, attending to every position."""
+    layer = llm.encoder.layer[-1]
+    self_attention = layer.attention.self
+    head_dim = self_attention.attention_head_size
+    last = hidden[:, -readout:]
+    attended = F.scaled_dot_product_attention(
+        _split_heads(self_attention.query(last), head_dim),
+        _split_heads(self_attention.key(hidden), head_dim),
+        _split_heads(self_attention.value(hidden), head_dim),
+        attn_mask=None if key_mask is None else key_mask[:, None, None, :].bool(),
+        dropout_p=self_attention.dropout.p if self_attention.training else 0.0,
+        scale=self_attention.scaling,
+    )
+    attention_output = layer.attention.output(_merge_heads(attended), last)
+    return layer.output(layer.intermediate(attention_output), attention_output)
+
+
 class BalmTsfTextEncoder(nn.Module):
     """Learnable prompt + token embeddings of the statistics prompt through the frozen, truncated LLM."""
 
@@ -318,6 +407,8 @@ class BalmTsfTextEncoder(nn.Module):
         self.is_causal = (
             model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
         )
+        # A flag, not the block itself: a second reference would register the block twice (shared tensors).
+        self.can_trim_last_block = _trimmable_last_block(self.llm) is not None
 
     def _run_llm(self, embeddings: torch.Tensor, **kwargs: Any) -> Any:
         if self._accepts_use_cache and "use_cache" not in kwargs:
@@ -325,6 +416,40 @@ class BalmTsfTextEncoder(nn.Module):
         if not self._accepts_position_ids:
             kwargs.pop("position_ids", None)
         return self.llm(inputs_embeds=embeddings, **kwargs)
+
+    def _read_out(
+        self,
+        embeddings: torch.Tensor,
+        key_mask: torch.Tensor | None = None,
+        past: tuple[torch.Tensor, torch.Tensor] | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """
+        Run the backbone on `embeddings` and return the last `prompt_length` positions of its final hidden state.
+
+        With `config.trim_last_block` (and a supported backbone), the backbone is stopped at its final block, whose
+        read-out positions are then computed alone: `key_mask` is the attention mask over every key position
+        (prefix included) and `past` the final block's cached prefix keys/values, if any.
+        """
+        block = _trimmable_last_block(self.llm) if self.config.trim_last_block else None
+        if block is None or embeddings.shape[1] < self.prompt_length:
+            return self._run_llm(embeddings, **kwargs).last_hidden_state[:, -self.prompt_length :]
+
+        def stop(module: nn.Module, args: tuple[Any, ...], block_kwargs: dict[str, Any]) -> None:
+            raise _LastBlockReached(args[0] if args else block_kwargs["hidden_states"])
+
+        handle = block.register_forward_pre_hook(stop, with_kwargs=True)
+        try:
+            self._run_llm(embeddings, **kwargs)
+        except _LastBlockReached as reached:
+            hidden = reached.hidden_states
+        else:
+            raise RuntimeError("the backbone returned without calling its final block")
+        finally:
+            handle.remove()
+        if isinstance(self.llm, GPT2Model):
+            return _gpt2_last_block_readout(self.llm, hidden, self.prompt_length, key_mask, past)
+        return _bert_last_layer_readout(self.llm, hidden, self.prompt_length, key_mask)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         r"""
@@ -370,8 +495,7 @@ class BalmTsfTextEncoder(nn.Module):
             return self._forward_with_prefix_cache(prompt, token_embeddings, kwargs)
 
         full = torch.cat([prompt.unsqueeze(0).expand(series, -1, -1), token_embeddings], dim=1)
-        hidden = self._run_llm(full, **kwargs).last_hidden_state
-        return hidden[:, -self.prompt_length :]
+        return self._read_out(full, kwargs.get("attention_mask"), **kwargs)
 
     def _forward_with_prefix_cache(
         self, prompt: torch.Tensor, token_embeddings: torch.Tensor, kwargs: dict[str, Any]
@@ -385,11 +509,14 @@ class BalmTsfTextEncoder(nn.Module):
         if "attention_mask" in kwargs:
             text_kwargs["attention_mask"] = kwargs["attention_mask"]
             text_kwargs["position_ids"] = kwargs["position_ids"][:, self.prompt_length :]
-        hidden = self._run_llm(token_embeddings, **text_kwargs).last_hidden_state
-        if hidden.shape[1] < self.prompt_length:
-            prefix_hidden = prefix.last_hidden_state.expand(series, -1, -1)
-            hidden = torch.cat([prefix_hidden, hidden], dim=1)
-        return hidden[:, -self.prompt_length :]
+        if token_embeddings.shape[1] < self.prompt_length:  # the read-out reaches into the prefix
+            hidden = self._run_llm(token_embeddings, **text_kwargs).last_hidden_state
+            hidden = torch.cat([prefix.last_hidden_state.expand(series, -1, -1), hidden], dim=1)
+            return hidden[:, -self.prompt_length :]
+        last_layer = cache.layers[-1]
+        # Read before the text run: the final block's cache entry then still holds the prefix only.
+        past = (last_layer.keys, last_layer.values)
+        return self._read_out(token_embeddings, kwargs.get("attention_mask"), past, **text_kwargs)
 
 
 def scale_std(text: torch.Tensor, reference: torch.Tensor, eps: float) -> torch.Tensor:

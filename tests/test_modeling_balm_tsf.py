@@ -600,9 +600,7 @@ def test_prefix_cache_gives_the_same_forecast_as_no_cache(switches):
 def test_prefix_cache_is_used_at_inference_only_by_default():
     model, inputs = BalmTsfModelTester().build(BalmTsfForForecasting)
     calls = []
-    model.model.text_encoder.llm.register_forward_hook(
-        lambda module, args, kwargs, out: calls.append(1), with_kwargs=True
-    )
+    model.model.text_encoder.llm.register_forward_pre_hook(lambda module, args: calls.append(1))
     with torch.no_grad():
         model(**inputs)
     assert len(calls) == 2  # the prefix once, then the text with the cached prefix
@@ -700,6 +698,70 @@ def test_bidirectional_backbone_works_and_ignores_the_prefix_cache():
     with torch.no_grad():
         output = model(past_values=torch.randn(2, 64, 1), future_values=torch.randn(2, 16, 1))
     assert torch.isfinite(output.loss)
+
+
+TINY_BERT = {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64}
+TRIM_SWITCHES = [
+    {},  # paper: right padding, padding attended
+    {"prompt_attention_mask": True, "prompt_padding_side": "left"},
+    {"prompt_attention_mask": True},
+    {"use_prefix_cache": True, "prompt_attention_mask": True, "prompt_padding_side": "left"},
+    {"use_prefix_cache": False},
+    {"prompt_float_decimals": 2, "prediction_length": 64},  # 32 read-out positions
+]
+
+
+def _trim_pair(backbone: str, **switches) -> tuple[BalmTsfForForecasting, BalmTsfForForecasting, dict]:
+    """The same weights with the final block run in full and trimmed to the read-out positions."""
+    if backbone == "bert":
+        switches["llm_config"] = BertConfig(vocab_size=30522, **TINY_BERT)
+    models = []
+    for trim in (False, True):
+        torch.manual_seed(0)
+        models.append(tiny_model(trim_last_block=trim, **switches))
+    models[1].load_state_dict(models[0].state_dict())
+    inputs = BalmTsfModelTester(batch_size=4).prepare_inputs(models[0].config)
+    return models[0], models[1], inputs
+
+
+@pytest.mark.parametrize("backbone", ["gpt2", "bert"])
+@pytest.mark.parametrize("switches", TRIM_SWITCHES)
+def test_trimmed_last_block_gives_the_same_outputs_as_the_full_backbone(backbone, switches):
+    full, trimmed, inputs = _trim_pair(backbone, **switches)
+    assert trimmed.model.text_encoder.can_trim_last_block
+    with torch.no_grad():
+        reference = full.eval()(**inputs, output_hidden_states=True)
+        output = trimmed.eval()(**inputs, output_hidden_states=True)
+    # Tolerance: float32 rounding of a different summation order (attention over fewer query rows).
+    torch.testing.assert_close(output.text_embeddings, reference.text_embeddings, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(output.prediction_outputs, reference.prediction_outputs, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(output.loss, reference.loss, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backbone", ["gpt2", "bert"])
+def test_trimmed_last_block_gives_the_same_gradients(backbone):
+    full, trimmed, inputs = _trim_pair(backbone, dropout=0.0)
+    for model in (full, trimmed):
+        model.train()
+        for module in model.modules():  # the backbone's own dropout too, so both runs are deterministic
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        model(**inputs).loss.backward()
+    for (name, reference), (_, parameter) in zip(full.named_parameters(), trimmed.named_parameters(), strict=True):
+        if reference.requires_grad:
+            torch.testing.assert_close(parameter.grad, reference.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_trimmed_last_block_runs_under_a_bf16_backbone_and_skips_unsupported_ones():
+    full, trimmed, inputs = _trim_pair("gpt2", llm_dtype="bfloat16")
+    with torch.no_grad():
+        reference = full.eval()(**inputs).prediction_outputs
+        output = trimmed.eval()(**inputs).prediction_outputs
+    assert (output - reference).abs().max() < 0.02 * reference.abs().max()
+    model = tiny_model(llm_config=tiny_llm_config(scale_attn_by_inverse_layer_idx=True))
+    assert not model.model.text_encoder.can_trim_last_block  # not the plain GPT-2 block: run in full
+    with torch.no_grad():
+        assert torch.isfinite(model.eval()(**inputs).prediction_outputs).all()
 
 
 # -- backbones and remote code ----------------------------------------------------------------------------------------
