@@ -27,6 +27,7 @@ FAST_MODE_SWITCHES: dict[str, Any] = {
     "prompt_attention_mask": True,
     "prompt_padding_side": "left",
     "prompt_float_decimals": 2,
+    "prompt_template": "compact",
     "prompt_stable_lags": True,
     "use_prefix_cache": True,
     "llm_dtype": "bfloat16",

@@ -135,22 +135,38 @@ def compute_prompt_statistics(
     }
 
 
-def format_prompts(statistics: dict[str, torch.Tensor], float_decimals: int | None = None) -> list[str]:
+PROMPT_TEMPLATES = ("paper", "compact")
+
+
+def format_prompts(
+    statistics: dict[str, torch.Tensor], float_decimals: int | None = None, template: str = "paper"
+) -> list[str]:
     r"""
     Write the statistics prompt of every series.
 
     With `float_decimals=None` each number is Python's `str()` of the float32 value as a Python float (the paper's
-    prompt, e.g. `-1.2345678806304932`); otherwise it is rounded to `float_decimals` decimals.
+    prompt, e.g. `-1.2345678806304932`); otherwise it is rounded to `float_decimals` decimals. `template="paper"`
+    writes the paper's sentence; `"compact"` writes the same statistics with one word each
+    (`min -1.23 max 2.05 median 0.01 trend upward lags 0 24 496 48 464`).
     """
+    if template not in PROMPT_TEMPLATES:
+        raise ValueError(f"prompt template must be one of {PROMPT_TEMPLATES}, got {template!r}")
     # One host transfer for the whole batch; the loop below only formats strings.
     values = torch.stack([statistics["min"], statistics["max"], statistics["median"]], dim=-1).tolist()
     upward = (statistics["trend"] > 0).tolist()
     lags = statistics["lags"].tolist()
     fmt: Callable[[float], str] = str if float_decimals is None else f"{{:.{float_decimals}f}}".format
+    rows = zip(values, upward, lags, strict=True)
+    if template == "compact":
+        return [
+            f"min {fmt(lo)} max {fmt(hi)} median {fmt(med)} trend {'upward' if up else 'downward'} lags "
+            + " ".join(map(str, lag))
+            for (lo, hi, med), up, lag in rows
+        ]
     return [
         f"min value {fmt(lo)}, max value {fmt(hi)}, median value {fmt(med)}, "
         f"the trend of input is {'upward' if up else 'downward'}, top 5 lags are : {lag}, "
-        for (lo, hi, med), up, lag in zip(values, upward, lags, strict=True)
+        for (lo, hi, med), up, lag in rows
     ]
 
 
@@ -203,7 +219,9 @@ def prepare_prompt_inputs(
     """
     normalized = _fold_and_normalize(BalmTsfRevIN(config), past_values, past_observed_mask)[0]
     statistics = compute_prompt_statistics(normalized, config.num_lags, config.prompt_stable_lags)
-    return tokenize_prompts(tokenizer, format_prompts(statistics, config.prompt_float_decimals), config)
+    return tokenize_prompts(
+        tokenizer, format_prompts(statistics, config.prompt_float_decimals, config.prompt_template), config
+    )
 
 
 def _fold_and_normalize(
@@ -712,7 +730,11 @@ class BalmTsfModel(BalmTsfPreTrainedModel):
         statistics = compute_prompt_statistics(
             normalized.detach(), self.config.num_lags, self.config.prompt_stable_lags
         )
-        return tokenize_prompts(tokenizer, format_prompts(statistics, self.config.prompt_float_decimals), self.config)
+        return tokenize_prompts(
+            tokenizer,
+            format_prompts(statistics, self.config.prompt_float_decimals, self.config.prompt_template),
+            self.config,
+        )
 
     def forward(
         self,

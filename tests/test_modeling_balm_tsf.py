@@ -142,6 +142,7 @@ def test_config_defaults_are_the_papers():
         ({"text_branch": "bert"}, "text_branch"),
         ({"prompt_padding_side": "middle"}, "prompt_padding_side"),
         ({"prompt_float_decimals": -1}, "prompt_float_decimals"),
+        ({"prompt_template": "short"}, "prompt_template"),
         ({"prediction_length": 1}, "prompt_length"),
         ({"llm_config": {"n_layer": 2}}, "model_type"),
     ],
@@ -544,6 +545,10 @@ def test_statistics_prompt_for_a_hand_made_series():
     )
     (rounded,) = format_prompts(statistics, float_decimals=2)
     assert rounded.startswith("min value -1.00, max value 2.00, median value 0.00, the trend of input is upward")
+    (compact,) = format_prompts(statistics, float_decimals=2, template="compact")
+    assert compact == "min -1.00 max 2.00 median 0.00 trend upward lags " + " ".join(map(str, lags))
+    with pytest.raises(ValueError, match="prompt template"):
+        format_prompts(statistics, template="short")
 
 
 def test_scale_std_matches_the_spread_of_the_reference():
@@ -651,6 +656,9 @@ def test_rounded_prompts_are_shorter():
     model.config.prompt_float_decimals = 2
     short = model.model.build_prompt_inputs(normalized)["prompt_input_ids"].shape[1]
     assert short < full
+    model.config.prompt_template = "compact"
+    compact = model.model.build_prompt_inputs(normalized)["prompt_input_ids"].shape[1]
+    assert compact < 0.7 * short
 
 
 def test_no_llm_ablation_skips_the_backbone_and_keeps_the_trainable_parameters():
