@@ -138,14 +138,23 @@ def _median_seconds(function: Callable[[], object], steps: int, warmup: int) -> 
     return statistics.median(timings)
 
 
-def llm_forward_flops(config: BalmTsfConfig, tokens: float) -> float:
-    """Multiply-add FLOPs (x2) of one forward of the frozen LLM over `tokens` positions, per series."""
+def llm_forward_flops(config: BalmTsfConfig, tokens: float, trimmed_readout: int | None = None) -> float:
+    r"""
+    Multiply-add FLOPs (x2) of one forward of the frozen LLM over `tokens` positions, per series.
+
+    With `trimmed_readout`, the final block computes keys and values for every position but everything else for
+    that many read-out positions only (`BalmTsfConfig.trim_last_block`).
+    """
     llm = config.llm_config
     width = llm.hidden_size
     inner = getattr(llm, "intermediate_size", None) or getattr(llm, "n_inner", None) or 4 * width
-    dense = 2 * tokens * (4 * width * width + 2 * width * inner)  # QKV + output projection + MLP
-    attention = 2 * 2 * tokens * tokens * width  # scores and weighted sum
-    return float(config.llm_layers * (dense + attention))
+    dense = 2 * (4 * width * width + 2 * width * inner)  # per position: QKV + output projection + MLP
+    layer = tokens * dense + 2 * 2 * tokens * tokens * width  # + attention scores and weighted sum
+    if trimmed_readout is None or trimmed_readout >= tokens:
+        return float(config.llm_layers * layer)
+    readout = trimmed_readout
+    last = (tokens - readout) * 2 * 2 * width * width + readout * dense + 2 * 2 * readout * tokens * width
+    return float((config.llm_layers - 1) * layer + last)
 
 
 def matmul_peak_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
@@ -205,13 +214,23 @@ def measure(setting: BenchmarkSetting, phase: str = "all") -> dict[str, Any]:
     prompts = prompt_inputs(batch)
     text_tokens = prompts["prompt_input_ids"].shape[1]
     tokens = text_tokens + config.prompt_length
-    if config.use_prefix_cache and model.model.text_encoder.is_causal and config.text_branch == "llm":
-        # The learnable prompt runs once per batch, not once per series.
-        executed = text_tokens + config.prompt_length / setting.batch_size
-    else:
-        executed = tokens
+    encoder = model.model.text_encoder
+    prefix_cache = {  # None: at inference only
+        "train": config.use_prefix_cache is True,
+        "inference": config.use_prefix_cache is not False,
+    }
+    executed = {
+        # With the prefix cache, the learnable prompt runs once per batch, not once per series.
+        phase_name: text_tokens + config.prompt_length / setting.batch_size if cached and encoder.is_causal else tokens
+        for phase_name, cached in prefix_cache.items()
+    }
+    trimmed = config.prompt_length if config.trim_last_block and encoder.can_trim_last_block else None
+    if setting.compile:
+        trimmed = None  # the compiled backbone runs in full
     result["llm_tokens_per_series"] = int(tokens)
-    result["llm_executed_tokens_per_series"] = float(executed)
+    result["llm_executed_tokens_per_series"] = float(executed["train"])
+    result["llm_executed_tokens_per_series_inference"] = float(executed["inference"])
+    result["llm_last_block_trimmed_to"] = trimmed
     result["prompt_build_ms_per_batch"] = 1000 * _median_seconds(lambda: prompt_inputs(batch), 5, 1)
 
     step_batch = to_device({**batch, **prompts} if setting.mode == "fast" else batch)
@@ -232,7 +251,7 @@ def measure(setting: BenchmarkSetting, phase: str = "all") -> dict[str, Any]:
         result["train_step_s"] = seconds
         result["train_samples_per_s"] = setting.batch_size / seconds
         # Training runs the LLM forward and its input-gradient backward: about twice the forward FLOPs.
-        result["llm_train_gflop_per_sample"] = 2 * llm_forward_flops(config, executed) / 1e9
+        result["llm_train_gflop_per_sample"] = 2 * llm_forward_flops(config, executed["train"], trimmed) / 1e9
     if phase in ("inference", "all"):
         model.eval()
         for batch_size in setting.inference_batch_sizes:
@@ -249,7 +268,7 @@ def measure(setting: BenchmarkSetting, phase: str = "all") -> dict[str, Any]:
 
             seconds = _median_seconds(infer, max(3, setting.steps // 2), max(1, setting.warmup))
             result[f"inference_samples_per_s_bs{batch_size}"] = batch_size / seconds
-        result["llm_inference_gflop_per_sample"] = llm_forward_flops(config, executed) / 1e9
+        result["llm_inference_gflop_per_sample"] = llm_forward_flops(config, executed["inference"], trimmed) / 1e9
     result.update(_peak_memory_mb())
     return result
 

@@ -47,6 +47,9 @@ def test_llm_flops_follow_the_transformer_formula():
     dense = 2 * tokens * (4 * 768 * 768 + 2 * 768 * 3072)
     attention = 4 * tokens * tokens * 768
     assert llm_forward_flops(config, tokens) == 6 * (dense + attention)
+    # Final block trimmed to 12 read-out positions: keys/values for all 89 positions, the rest for 12.
+    last = 2 * 77 * 2 * 768 * 768 + 2 * 12 * (4 * 768 * 768 + 2 * 768 * 3072) + 4 * 12 * tokens * 768
+    assert llm_forward_flops(config, tokens, trimmed_readout=12) == 5 * (dense + attention) + last
 
 
 def test_benchmark_setting_rejects_unknown_modes():
