@@ -624,9 +624,11 @@ def test_prefix_cache_keeps_gradients_identical():
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("channels", [1, 3])
-def test_prompt_inputs_prepared_outside_forward_give_the_same_output(channels):
-    model, inputs = BalmTsfModelTester(num_input_channels=channels).build(BalmTsfForForecasting)
+@pytest.mark.parametrize("channels,template", [(1, "paper"), (3, "paper"), (3, "compact")])
+def test_prompt_inputs_prepared_outside_forward_give_the_same_output(channels, template):
+    model, inputs = BalmTsfModelTester(num_input_channels=channels, prompt_template=template).build(
+        BalmTsfForForecasting
+    )
     prompt_inputs = prepare_prompt_inputs(inputs["past_values"], model.config, model.tokenizer)
     with torch.no_grad():
         inside = model(**inputs)
