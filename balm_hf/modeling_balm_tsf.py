@@ -325,7 +325,7 @@ class _LastBlockReached(Exception):
 
 def _trimmable_last_block(llm: nn.Module) -> nn.Module | None:
     """The final block of a backbone whose read-out-only variant is implemented, else `None` (run it in full)."""
-    config = llm.config
+    config: Any = llm.config
     if isinstance(llm, GPT2Model) and len(llm.h) > 0:
         plain = config.scale_attn_weights and not config.scale_attn_by_inverse_layer_idx
         if plain and not config.reorder_and_upcast_attn and not config.add_cross_attention:
@@ -355,7 +355,7 @@ def _gpt2_last_block_readout(
     past: tuple[torch.Tensor, torch.Tensor] | None,
 ) -> torch.Tensor:
     """GPT-2's final block and final layer norm for the last `readout` positions (keys/values for all positions)."""
-    block = llm.h[-1]
+    block: Any = llm.h[-1]
     attention = block.attn
     width, head_dim = attention.embed_dim, attention.head_dim
     normed = block.ln_1(hidden)
@@ -387,7 +387,7 @@ def _bert_last_layer_readout(
     llm: BertModel, hidden: torch.Tensor, readout: int, key_mask: torch.Tensor | None
 ) -> torch.Tensor:
     """BERT's final (post-norm) layer for the last `readout` positions, attending to every position."""
-    layer = llm.encoder.layer[-1]
+    layer: Any = llm.encoder.layer[-1]
     self_attention = layer.attention.self
     head_dim = self_attention.attention_head_size
     last = hidden[:, -readout:]
