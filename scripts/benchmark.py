@@ -13,6 +13,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from balm_hf import BalmTsfConfig  # noqa: E402
 from balm_hf.benchmarking import (  # noqa: E402
     BenchmarkSetting,
     iter_settings,
@@ -65,9 +66,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compile", action="store_true", help="torch.compile the LLM backbone")
     parser.add_argument("--no-llm-share", action="store_true", help="skip the no-LLM runs that split step time")
     parser.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="BalmTsfConfig override applied on top of the mode's switches (e.g. trim_last_block=false for an A/B)",
+    )
+    parser.add_argument(
         "--output", type=Path, default=None, help="JSON file to write (e.g. results/benchmark_cpu.json)"
     )
     return parser.parse_args(argv)
+
+
+def parse_config_overrides(items: list[str]) -> dict:
+    """`["key=value", ...]` -> `{key: value}` with YAML scalars (`false`, `2`, `bfloat16`)."""
+    import yaml
+
+    overrides = {}
+    for item in items:
+        key, separator, raw = item.partition("=")
+        if not separator or not key:
+            raise SystemExit(f"--config expects KEY=VALUE, got {item!r}")
+        overrides[key] = yaml.safe_load(raw)
+    unknown = set(overrides) - set(BalmTsfConfig().to_dict())
+    if unknown:
+        raise SystemExit(f"--config: unknown BalmTsfConfig arguments {sorted(unknown)}")
+    return overrides
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -84,6 +108,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         steps=args.steps,
         warmup=args.warmup,
         compile=args.compile,
+        extra=parse_config_overrides(args.config),
     )
     peaks = {
         "fp32": matmul_peak_gflops(__import__("torch").float32),

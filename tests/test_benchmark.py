@@ -55,3 +55,15 @@ def test_llm_flops_follow_the_transformer_formula():
 def test_benchmark_setting_rejects_unknown_modes():
     with pytest.raises(ValueError, match="mode"):
         BenchmarkSetting(mode="turbo")
+
+
+def test_config_overrides_reach_the_setting_and_unknown_keys_are_refused():
+    script = _load_script()
+    assert script.parse_config_overrides(["trim_last_block=false", "prompt_float_decimals=1"]) == {
+        "trim_last_block": False,
+        "prompt_float_decimals": 1,
+    }
+    with pytest.raises(SystemExit, match="unknown"):
+        script.parse_config_overrides(["trim_last_blocks=false"])
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        script.parse_config_overrides(["trim_last_block"])
