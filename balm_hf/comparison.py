@@ -34,6 +34,7 @@ from transformers import (
     set_seed,
 )
 from transformers.models.patchtst.modeling_patchtst import PatchTSTForPredictionOutput
+from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import ModelOutput
 
 from .baselines import DLinearConfig, DLinearForForecasting, NaiveForecaster, SeasonalNaiveForecaster
@@ -186,6 +187,11 @@ class ComparisonSettings:
             Folder of the results files.
         work_dir (`str`, *optional*):
             Folder of the training checkpoints; defaults to `<output_dir>/checkpoints`.
+        resume (`bool`, *optional*, defaults to `False`):
+            Continue each trained model from its last checkpoint in `work_dir` (optimizer, learning-rate schedule,
+            early-stopping state and epoch count restored), so that a long run can be done in pieces, e.g. one time
+            budget per session. The results row then reports the wall time and epochs of all pieces together and
+            `pieces`. Without a checkpoint the model trains from scratch.
         command (`str`, *optional*):
             The command line recorded with the results; defaults to this process's.
     """
@@ -213,6 +219,7 @@ class ComparisonSettings:
     num_workers: int = 1
     output_dir: str = "results/compare"
     work_dir: str | None = None
+    resume: bool = False
     command: str | None = None
 
     def __post_init__(self) -> None:
@@ -407,6 +414,9 @@ class TimeBudgetCallback(TrainerCallback):
         return control
 
 
+PROGRESS_FILE = "comparison_progress.json"  # wall time and number of pieces of a run trained with `resume`
+
+
 def _best_epoch(log_history: Sequence[Mapping[str, Any]]) -> tuple[float | None, float | None]:
     evaluations = [entry for entry in log_history if "eval_mse" in entry]
     if not evaluations:
@@ -526,9 +536,20 @@ def run_model(settings: ComparisonSettings, model_name: str, splits: Any) -> dic
             paper_lr_scheduler="halving",
             max_train_items_per_epoch=int(cap) if cap is not None else None,
         )
+        progress_file = work_dir / PROGRESS_FILE
+        checkpoint = get_last_checkpoint(str(work_dir)) if settings.resume and work_dir.is_dir() else None
+        progress = {"train_wall_time_s": 0.0, "pieces": 0}
+        if checkpoint is not None and progress_file.is_file():
+            progress = json.loads(progress_file.read_text(encoding="utf-8"))
         start = time.perf_counter()
-        trainer.train()
-        train_wall_time = time.perf_counter() - start
+        trainer.train(resume_from_checkpoint=checkpoint)
+        train_wall_time = progress["train_wall_time_s"] + time.perf_counter() - start
+        progress = {"train_wall_time_s": train_wall_time, "pieces": progress["pieces"] + 1}
+        work_dir.mkdir(parents=True, exist_ok=True)
+        progress_file.write_text(json.dumps(progress), encoding="utf-8")
+        if progress["pieces"] > 1:
+            row["pieces"] = progress["pieces"]
+            notes.append(f"trained in {progress['pieces']} pieces (--resume), wall time summed")
         state = trainer.state
         epochs_run = float(state.epoch or 0.0)
         best_epoch, best_validation = _best_epoch(state.log_history)

@@ -79,6 +79,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output-dir", default="results/compare")
     parser.add_argument("--work-dir", default=None, help="checkpoint folder (default: <output-dir>/checkpoints)")
     parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue each trained model from its last checkpoint in the work dir (run a long training in pieces)",
+    )
+    parser.add_argument(
         "--update-readme",
         action="store_true",
         help="only regenerate the tables in <output-dir>/README.md from the results files there, then exit",
@@ -117,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
             num_workers=args.num_workers,
             output_dir=args.output_dir,
             work_dir=args.work_dir,
+            resume=args.resume,
             command=command,
         )
     except ValueError as error:

@@ -160,3 +160,27 @@ def test_patchtst_baseline_uses_the_flatten_head_of_the_paper() -> None:
     assert model.config.pooling_type is None
     assert model.head.projection.in_features == 16 * num_patches
     assert model.head.projection.out_features == 96
+
+
+def test_resume_continues_a_budget_stopped_run_in_a_second_piece(workspace: Path) -> None:
+    common = dict(
+        dataset=str(workspace / "etth1_short.csv"),
+        context_length=CONTEXT,
+        prediction_length=HORIZON,
+        models=("dlinear",),
+        max_epochs=3,
+        patience=5,
+        output_dir=str(workspace / "pieces"),
+        work_dir=str(workspace / "pieces_checkpoints"),
+        command="test",
+    )
+    (first,) = run_comparison(ComparisonSettings(**common, time_budget_minutes={"dlinear": 1e-6}), log=lambda m: None)
+    assert first["epochs_run"] == 1 and first["stop_reason"] == "time_budget" and "pieces" not in first
+    (second,) = run_comparison(ComparisonSettings(**common, resume=True), log=lambda m: None)
+    assert second["epochs_run"] == 3 and second["stop_reason"] == "max_epochs"
+    assert second["pieces"] == 2 and "2 pieces" in second["notes"]
+    assert second["train_wall_time_s"] > first["train_wall_time_s"]
+    assert second["train_items_total"] == 3 * second["train_items_per_epoch"]
+    # A fresh run in the same work dir without `resume` starts again from epoch 0.
+    (fresh,) = run_comparison(ComparisonSettings(**{**common, "max_epochs": 1}), log=lambda m: None)
+    assert fresh["epochs_run"] == 1 and "pieces" not in fresh
