@@ -425,8 +425,11 @@ class BalmTsfTextEncoder(nn.Module):
         self.is_causal = (
             model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
         )
-        # A flag, not the block itself: a second reference would register the block twice (shared tensors).
-        self.can_trim_last_block = _trimmable_last_block(self.llm) is not None
+
+    @property
+    def can_trim_last_block(self) -> bool:
+        """Whether the backbone's final block has a read-out-only variant (see `BalmTsfConfig.trim_last_block`)."""
+        return _trimmable_last_block(self.llm) is not None
 
     def _run_llm(self, embeddings: torch.Tensor, **kwargs: Any) -> Any:
         if self._accepts_use_cache and "use_cache" not in kwargs:

@@ -21,6 +21,7 @@ from balm_hf.benchmarking import (  # noqa: E402
     matmul_peak_gflops,
     run_isolated,
 )
+from balm_hf.training import apply_overrides  # noqa: E402
 
 
 # The original implementation measured on this machine kind (2 CPU cores), batch 24, L=512, H=96 (issue tracker).
@@ -79,15 +80,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def parse_config_overrides(items: list[str]) -> dict:
-    """`["key=value", ...]` -> `{key: value}` with YAML scalars (`false`, `2`, `bfloat16`)."""
-    import yaml
-
-    overrides = {}
-    for item in items:
-        key, separator, raw = item.partition("=")
-        if not separator or not key:
-            raise SystemExit(f"--config expects KEY=VALUE, got {item!r}")
-        overrides[key] = yaml.safe_load(raw)
+    """`["key=value", ...]` -> `{key: value}` (YAML values such as `false`, `2`), checked against the config."""
+    try:
+        overrides = apply_overrides({}, items)
+    except ValueError as error:
+        raise SystemExit(f"--config expects KEY=VALUE: {error}") from None
     unknown = set(overrides) - set(BalmTsfConfig().to_dict())
     if unknown:
         raise SystemExit(f"--config: unknown BalmTsfConfig arguments {sorted(unknown)}")
