@@ -11,7 +11,7 @@ import numpy as np
 _CITATION = """\
 @inproceedings{zhou2025balmtsf,
   title={BALM-TSF: Balanced Multimodal Alignment for LLM-Based Time Series Forecasting},
-  author={Zhou and others},
+  author={Zhou, Shiqiao and Sch{\\"o}ner, Holger and Lyu, Huanbo and Fouch{\\'e}, Edouard and Wang, Shuo},
   booktitle={Proceedings of the 34th ACM International Conference on Information and Knowledge Management (CIKM)},
   year={2025}
 }
