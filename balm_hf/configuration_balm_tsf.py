@@ -95,8 +95,8 @@ class BalmTsfConfig(PretrainedConfig):
             Only the last `prompt_length` positions of the LLM's final hidden state are read out, so the final block
             computes keys and values for every position but queries, attention output, MLP and final layer norm for
             the read-out positions only (about 70% of that block's work). The same function (float rounding aside);
-            used for GPT-2- and BERT-family backbones, other backbones run the block in full. `False` runs the
-            backbone unchanged.
+            used for GPT-2, BERT and Llama (e.g. SmolLM2) backbones; other backbones run the block in full. `False`
+            runs the backbone unchanged.
         contrastive_mask_own_positive (`bool`, *optional*, defaults to `False`):
             **(beyond)** The paper's negatives are the positives rolled by one along the batch, so every sample's own
             positive is also among its negatives. `True` masks that duplicate out of the InfoNCE logits.

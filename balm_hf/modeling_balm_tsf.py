@@ -12,10 +12,19 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from transformers import AutoModel, AutoTokenizer, BertModel, GPT2Model, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModel,
+    AutoTokenizer,
+    BertModel,
+    GPT2Model,
+    LlamaModel,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 from transformers import initialization as init
 from transformers.activations import GELUTanh, NewGELUActivation
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
+from transformers.models.llama.modeling_llama import rotate_half
 from transformers.utils import ModelOutput
 
 from .configuration_balm_tsf import BalmTsfConfig
@@ -316,11 +325,12 @@ def _use_fused_gelu(module: nn.Module) -> None:
 
 
 class _LastBlockReached(Exception):
-    """Raised by a forward pre-hook to stop the backbone at its final block and hand over that block's input."""
+    """Raised by a forward pre-hook to stop the backbone at its final block and hand over that block's inputs."""
 
-    def __init__(self, hidden_states: torch.Tensor) -> None:
+    def __init__(self, hidden_states: torch.Tensor, block_kwargs: dict[str, Any]) -> None:
         super().__init__()
         self.hidden_states = hidden_states
+        self.block_kwargs = block_kwargs
 
 
 def _trimmable_last_block(llm: nn.Module) -> nn.Module | None:
@@ -334,6 +344,8 @@ def _trimmable_last_block(llm: nn.Module) -> nn.Module | None:
         absolute = getattr(config, "position_embedding_type", "absolute") == "absolute"
         if absolute and not config.is_decoder and not config.add_cross_attention:
             return llm.encoder.layer[-1]
+    if isinstance(llm, LlamaModel) and len(llm.layers) > 0:  # SmolLM2 and the other Llama-architecture models
+        return llm.layers[-1]
     return None
 
 
@@ -381,6 +393,50 @@ def _gpt2_last_block_readout(
     states = hidden[:, -readout:] + attention.resid_dropout(attention.c_proj(_merge_heads(attended)))
     states = states + block.mlp(block.ln_2(states))
     return llm.ln_f(states)
+
+
+def _llama_last_block_readout(
+    llm: LlamaModel,
+    hidden: torch.Tensor,
+    readout: int,
+    key_mask: torch.Tensor | None,
+    past: tuple[torch.Tensor, torch.Tensor] | None,
+    position_embeddings: tuple[torch.Tensor, torch.Tensor],
+) -> torch.Tensor:
+    """
+    Llama's final block and final norm for the last `readout` positions: keys/values (rotated) for all positions,
+    queries for the read-out only; grouped-query heads are shared as in the model.
+    """
+    layer: Any = llm.layers[-1]
+    attention = layer.self_attn
+    head_dim = attention.head_dim
+    cos, sin = position_embeddings  # [series or 1, tokens, head_dim], the positions of this run
+    normed = layer.input_layernorm(hidden)
+    key = _split_heads(attention.k_proj(normed), head_dim)
+    value = _split_heads(attention.v_proj(normed), head_dim)
+    query = _split_heads(attention.q_proj(normed[:, -readout:]), head_dim)
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # broadcast over heads
+    query = query * cos[:, :, -readout:] + rotate_half(query) * sin[:, :, -readout:]
+    key = key * cos + rotate_half(key) * sin
+    if past is not None:  # the shared prefix's (rotated) keys and values
+        key, value = torch.cat([past[0].to(key.dtype), key], dim=2), torch.cat([past[1].to(value.dtype), value], dim=2)
+    groups = attention.num_key_value_groups
+    key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    total = key.shape[2]
+    allowed = torch.ones(readout, total, dtype=torch.bool, device=hidden.device).tril(diagonal=total - readout)
+    if key_mask is not None:
+        allowed = allowed & key_mask[:, None, None, :].bool()
+    attended = F.scaled_dot_product_attention(
+        query,
+        key,
+        value,
+        attn_mask=allowed,
+        dropout_p=attention.attention_dropout if attention.training else 0.0,
+        scale=attention.scaling,
+    )
+    states = hidden[:, -readout:] + attention.o_proj(_merge_heads(attended))
+    states = states + layer.mlp(layer.post_attention_layernorm(states))
+    return llm.norm(states)
 
 
 def _bert_last_layer_readout(
@@ -457,19 +513,22 @@ class BalmTsfTextEncoder(nn.Module):
             return self._run_llm(embeddings, **kwargs).last_hidden_state[:, -self.prompt_length :]
 
         def stop(module: nn.Module, args: tuple[Any, ...], block_kwargs: dict[str, Any]) -> None:
-            raise _LastBlockReached(args[0] if args else block_kwargs["hidden_states"])
+            raise _LastBlockReached(args[0] if args else block_kwargs["hidden_states"], block_kwargs)
 
         handle = block.register_forward_pre_hook(stop, with_kwargs=True)
         try:
             self._run_llm(embeddings, **kwargs)
         except _LastBlockReached as reached:
-            hidden = reached.hidden_states
+            hidden, block_kwargs = reached.hidden_states, reached.block_kwargs
         else:
             raise RuntimeError("the backbone returned without calling its final block")
         finally:
             handle.remove()
         if isinstance(self.llm, GPT2Model):
             return _gpt2_last_block_readout(self.llm, hidden, self.prompt_length, key_mask, past)
+        if isinstance(self.llm, LlamaModel):
+            rotary = block_kwargs["position_embeddings"]
+            return _llama_last_block_readout(self.llm, hidden, self.prompt_length, key_mask, past, rotary)
         return _bert_last_layer_readout(self.llm, hidden, self.prompt_length, key_mask)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:

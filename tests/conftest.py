@@ -12,7 +12,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from transformers import AutoTokenizer, GPT2Config  # noqa: E402
+from transformers import AutoTokenizer, GPT2Config, LlamaConfig  # noqa: E402
 
 from balm_hf import BalmTsfConfig, BalmTsfForForecasting  # noqa: E402
 
@@ -31,6 +31,23 @@ def tiny_llm_config(**overrides) -> GPT2Config:
     )
     kwargs.update(overrides)
     return GPT2Config(**kwargs)
+
+
+def tiny_llama_config(**overrides) -> LlamaConfig:
+    """A 2-block Llama (rotary positions, grouped-query attention): the architecture of SmolLM2."""
+    kwargs = dict(
+        num_hidden_layers=2,
+        hidden_size=32,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        vocab_size=30522,
+        max_position_embeddings=512,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
+    kwargs.update(overrides)
+    return LlamaConfig(**kwargs)
 
 
 def tiny_config(**overrides) -> BalmTsfConfig:

@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import FIXTURES_DIR, TOKENIZER_DIR, tiny_config, tiny_llm_config, tiny_model
+from conftest import FIXTURES_DIR, TOKENIZER_DIR, tiny_config, tiny_llama_config, tiny_llm_config, tiny_model
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -20,7 +20,6 @@ from transformers import (
     AutoTokenizer,
     BertConfig,
     GPT2Config,
-    LlamaConfig,
 )
 
 from balm_hf import BalmTsfConfig, BalmTsfForForecasting, BalmTsfModel
@@ -727,6 +726,8 @@ def _trim_pair(backbone: str, **switches) -> tuple[BalmTsfForForecasting, BalmTs
     """The same weights with the final block run in full and trimmed to the read-out positions."""
     if backbone == "bert":
         switches["llm_config"] = BertConfig(vocab_size=30522, **TINY_BERT)
+    if backbone == "llama":
+        switches["llm_config"] = tiny_llama_config()
     models = []
     for trim in (False, True):
         torch.manual_seed(0)
@@ -736,7 +737,7 @@ def _trim_pair(backbone: str, **switches) -> tuple[BalmTsfForForecasting, BalmTs
     return models[0], models[1], inputs
 
 
-@pytest.mark.parametrize("backbone", ["gpt2", "bert"])
+@pytest.mark.parametrize("backbone", ["gpt2", "bert", "llama"])
 @pytest.mark.parametrize("switches", TRIM_SWITCHES)
 def test_trimmed_last_block_gives_the_same_outputs_as_the_full_backbone(backbone, switches):
     full, trimmed, inputs = _trim_pair(backbone, **switches)
@@ -750,7 +751,7 @@ def test_trimmed_last_block_gives_the_same_outputs_as_the_full_backbone(backbone
     torch.testing.assert_close(output.loss, reference.loss, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("backbone", ["gpt2", "bert"])
+@pytest.mark.parametrize("backbone", ["gpt2", "bert", "llama"])
 def test_trimmed_last_block_gives_the_same_gradients(backbone):
     full, trimmed, inputs = _trim_pair(backbone, dropout=0.0)
     for model in (full, trimmed):
@@ -821,23 +822,6 @@ def test_offline_minilm_backbone_from_its_pypi_package():
     assert torch.isfinite(output.loss)
 
 
-def tiny_llama_config(**overrides) -> LlamaConfig:
-    """A 2-block Llama (rotary positions, grouped-query attention): the architecture of SmolLM2."""
-    kwargs = dict(
-        num_hidden_layers=2,
-        hidden_size=32,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        vocab_size=30522,
-        max_position_embeddings=512,
-        bos_token_id=None,
-        eos_token_id=None,
-    )
-    kwargs.update(overrides)
-    return LlamaConfig(**kwargs)
-
-
 @pytest.mark.parametrize(
     "switches", [{}, {"prompt_attention_mask": True, "prompt_padding_side": "left"}, {"prompt_attention_mask": True}]
 )
@@ -845,8 +829,7 @@ def test_llama_backbone_prefix_cache_gives_the_same_forecast_as_no_cache(switche
     model, inputs = BalmTsfModelTester(batch_size=4, llm_config=tiny_llama_config(), **switches).build(
         BalmTsfForForecasting
     )
-    encoder = model.model.text_encoder
-    assert encoder.is_causal and not encoder.can_trim_last_block  # runs in full, with the prefix cache
+    assert model.model.text_encoder.is_causal
     with torch.no_grad():
         model.config.use_prefix_cache = False
         plain = model(**inputs)
