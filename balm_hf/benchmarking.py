@@ -138,23 +138,35 @@ def _median_seconds(function: Callable[[], object], steps: int, warmup: int) -> 
     return statistics.median(timings)
 
 
+# Backbones whose MLP is gated (gate, up and down projections: three matrices instead of two).
+GATED_MLP_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "olmo", "granite"})
+
+
 def llm_forward_flops(config: BalmTsfConfig, tokens: float, trimmed_readout: int | None = None) -> float:
     r"""
     Multiply-add FLOPs (x2) of one forward of the frozen LLM over `tokens` positions, per series.
 
+    Counts every projection (grouped-query key/value heads and gated MLPs included) and the two attention products.
     With `trimmed_readout`, the final block computes keys and values for every position but everything else for
     that many read-out positions only (`BalmTsfConfig.trim_last_block`).
     """
     llm = config.llm_config
     width = llm.hidden_size
+    heads = llm.num_attention_heads
+    head_dim = getattr(llm, "head_dim", None) or width // heads
+    key_value_heads = getattr(llm, "num_key_value_heads", None) or heads
     inner = getattr(llm, "intermediate_size", None) or getattr(llm, "n_inner", None) or 4 * width
-    dense = 2 * (4 * width * width + 2 * width * inner)  # per position: QKV + output projection + MLP
-    layer = tokens * dense + 2 * 2 * tokens * tokens * width  # + attention scores and weighted sum
+    mlp_matrices = 3 if llm.model_type in GATED_MLP_MODEL_TYPES else 2
+    key_value = 2 * 2 * width * key_value_heads * head_dim  # per position
+    rest = 2 * (2 * width * heads * head_dim + mlp_matrices * width * inner)  # query, output projection, MLP
+    attention_width = heads * head_dim
+
+    def block(queries: float) -> float:  # every key/value position, `queries` query positions
+        return tokens * key_value + queries * rest + 2 * 2 * queries * tokens * attention_width
+
     if trimmed_readout is None or trimmed_readout >= tokens:
-        return float(config.llm_layers * layer)
-    readout = trimmed_readout
-    last = (tokens - readout) * 2 * 2 * width * width + readout * dense + 2 * 2 * readout * tokens * width
-    return float((config.llm_layers - 1) * layer + last)
+        return float(config.llm_layers * block(tokens))
+    return float((config.llm_layers - 1) * block(tokens) + block(trimmed_readout))
 
 
 def matmul_peak_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
@@ -329,6 +341,7 @@ def iter_settings(
 
 __all__ = [
     "FAST_MODE_SWITCHES",
+    "GATED_MLP_MODEL_TYPES",
     "BenchmarkSetting",
     "build_model",
     "llm_forward_flops",

@@ -6,7 +6,10 @@ import importlib.util
 import json
 
 import pytest
+import torch
 from conftest import REPO_ROOT
+from transformers import AutoModel, BertConfig, GPT2Config, LlamaConfig
+from transformers.pytorch_utils import Conv1D
 
 from balm_hf.benchmarking import BenchmarkSetting, llm_forward_flops
 from balm_hf.configuration_balm_tsf import BalmTsfConfig
@@ -50,6 +53,44 @@ def test_llm_flops_follow_the_transformer_formula():
     # Final block trimmed to 12 read-out positions: keys/values for all 89 positions, the rest for 12.
     last = 2 * 77 * 2 * 768 * 768 + 2 * 12 * (4 * 768 * 768 + 2 * 768 * 3072) + 4 * 12 * tokens * 768
     assert llm_forward_flops(config, tokens, trimmed_readout=12) == 5 * (dense + attention) + last
+
+
+@pytest.mark.parametrize(
+    "llm_config",
+    [
+        GPT2Config(n_layer=2, n_embd=48, n_head=4, vocab_size=100),
+        BertConfig(num_hidden_layers=2, hidden_size=48, num_attention_heads=4, intermediate_size=80, vocab_size=100),
+        LlamaConfig(
+            num_hidden_layers=2,
+            hidden_size=48,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=80,
+            vocab_size=100,
+        ),
+    ],
+    ids=["gpt2", "bert", "llama"],
+)
+def test_llm_flops_equal_the_projections_a_forward_runs(llm_config):
+    """The FLOP model against the multiply-adds of every linear layer of a real forward (plus the attention term)."""
+    config = BalmTsfConfig(llm_config=llm_config, llm_layers=2, d_ff=16)
+    llm = AutoModel.from_config(config.llm_config)
+    counted = []
+
+    def count(module, inputs, output):
+        weight = module.weight
+        fan_in, fan_out = (weight.shape[0], weight.shape[1]) if isinstance(module, Conv1D) else weight.shape[::-1]
+        counted.append(2 * inputs[0].shape[:-1].numel() * fan_in * fan_out)
+
+    for module in llm.modules():
+        if isinstance(module, torch.nn.Linear | Conv1D) and module is not llm.get_input_embeddings():
+            module.register_forward_hook(count)
+    tokens = 7
+    with torch.no_grad():
+        llm(inputs_embeds=torch.randn(1, tokens, 48))
+    pooler = 2 * 48 * 48 if isinstance(llm_config, BertConfig) else 0  # BERT's pooler is not part of the read-out
+    attention = 2 * 2 * 2 * tokens * tokens * 48  # two layers, scores and weighted sum
+    assert sum(counted) - pooler + attention == llm_forward_flops(config, tokens)
 
 
 def test_benchmark_setting_rejects_unknown_modes():
