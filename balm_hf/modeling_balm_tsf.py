@@ -905,10 +905,13 @@ class BalmTsfForForecasting(BalmTsfPreTrainedModel):
             config_kwargs:
                 Any [`BalmTsfConfig`] argument (e.g. `context_length`, `prediction_length`, `llm_layers`).
         """
-        from .backbones import load_backbone
+        from .backbones import load_backbone, locate_backbone
 
         llm, tokenizer, source = load_backbone(name_or_path, llm_layers=config_kwargs.get("llm_layers", 6))
-        config = BalmTsfConfig(llm_config=llm.config.to_dict(), llm_name_or_path=source, **config_kwargs)
+        gguf_file = locate_backbone(name_or_path)[1].get("gguf_file")
+        config = BalmTsfConfig(
+            llm_config=llm.config.to_dict(), llm_name_or_path=source, llm_gguf_file=gguf_file, **config_kwargs
+        )
         model = cls(config)
         if not random_init:
             model.model.text_encoder.llm.load_state_dict(llm.state_dict())

@@ -198,6 +198,18 @@ def test_model_card_follows_config_switches_and_skips_local_backbone_paths(tmp_p
     assert "no attention mask" not in text and "own positive" not in text
 
 
+def test_model_card_says_when_backbone_weights_come_from_a_gguf_file(tmp_path, preprocessor):
+    folder = build_trained_folder(
+        tmp_path / "run",
+        preprocessor,
+        llm_name_or_path="HuggingFaceTB/SmolLM2-135M-Instruct",
+        llm_gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+    )
+    text = str(render_model_card(folder))
+    assert split_card(text)["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert "dequantised from the GGUF file `SmolLM2-135M-Instruct.Q4_1.gguf`" in text
+
+
 def test_model_card_renders_without_optional_files(tmp_path):
     folder = tmp_path / "bare"
     tiny_model().save_pretrained(folder)

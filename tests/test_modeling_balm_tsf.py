@@ -889,6 +889,7 @@ def test_offline_smollm2_backbone_from_its_pypi_package(tmp_path):
     config = model.config
     assert config.llm_config.model_type == "llama" and config.d_llm == 576 and config.llm_layers == 2
     assert config.llm_name_or_path == SMOLLM2_BACKBONE  # provenance: the Hub id, not the local file
+    assert config.llm_gguf_file == "SmolLM2-135M-Instruct.Q4_1.gguf"  # and the weights' actual source
     assert model.model.text_encoder.is_causal
     past = torch.sin(torch.arange(64.0) / 4)[None, :, None].repeat(2, 1, 1) + torch.randn(2, 64, 1)
     with torch.no_grad():
