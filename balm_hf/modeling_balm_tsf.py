@@ -359,6 +359,32 @@ def _merge_heads(states: torch.Tensor) -> torch.Tensor:
     return states.transpose(1, 2).flatten(start_dim=2)
 
 
+def _readout_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    key_mask: torch.Tensor | None,
+    past: tuple[torch.Tensor, torch.Tensor] | None,
+    dropout_p: float,
+    scale: float,
+    enable_gqa: bool = False,
+) -> torch.Tensor:
+    """
+    Causal attention of the last `query.shape[2]` positions over every key: `past` (the shared prefix's cached
+    keys/values, if any) then `key`/`value`; `key_mask` is the attention mask over all key positions. With
+    `enable_gqa`, each key/value head serves a group of consecutive query heads.
+    """
+    if past is not None:
+        key, value = torch.cat([past[0].to(key.dtype), key], dim=2), torch.cat([past[1].to(value.dtype), value], dim=2)
+    readout, total = query.shape[2], key.shape[2]
+    allowed = torch.ones(readout, total, dtype=torch.bool, device=query.device).tril(diagonal=total - readout)
+    if key_mask is not None:
+        allowed = allowed & key_mask[:, None, None, :].bool()
+    return F.scaled_dot_product_attention(
+        query, key, value, attn_mask=allowed, dropout_p=dropout_p, scale=scale, enable_gqa=enable_gqa
+    )
+
+
 def _gpt2_last_block_readout(
     llm: GPT2Model,
     hidden: torch.Tensor,
@@ -376,20 +402,8 @@ def _gpt2_last_block_readout(
     key, value = _split_heads(key_value[..., :width], head_dim), _split_heads(key_value[..., width:], head_dim)
     query = torch.addmm(bias[:width], normed[:, -readout:].flatten(end_dim=1), weight[:, :width])
     query = _split_heads(query.view(hidden.shape[0], readout, width), head_dim)
-    if past is not None:  # the shared prefix's keys and values
-        key, value = torch.cat([past[0].to(key.dtype), key], dim=2), torch.cat([past[1].to(value.dtype), value], dim=2)
-    total = key.shape[2]
-    allowed = torch.ones(readout, total, dtype=torch.bool, device=hidden.device).tril(diagonal=total - readout)
-    if key_mask is not None:
-        allowed = allowed & key_mask[:, None, None, :].bool()
-    attended = F.scaled_dot_product_attention(
-        query,
-        key,
-        value,
-        attn_mask=allowed,
-        dropout_p=attention.attn_dropout.p if attention.training else 0.0,
-        scale=attention.scaling,
-    )
+    dropout_p = attention.attn_dropout.p if attention.training else 0.0
+    attended = _readout_attention(query, key, value, key_mask, past, dropout_p, attention.scaling)
     states = hidden[:, -readout:] + attention.resid_dropout(attention.c_proj(_merge_heads(attended)))
     states = states + block.mlp(block.ln_2(states))
     return llm.ln_f(states)
@@ -418,22 +432,10 @@ def _llama_last_block_readout(
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # broadcast over heads
     query = query * cos[:, :, -readout:] + rotate_half(query) * sin[:, :, -readout:]
     key = key * cos + rotate_half(key) * sin
-    if past is not None:  # the shared prefix's (rotated) keys and values
-        key, value = torch.cat([past[0].to(key.dtype), key], dim=2), torch.cat([past[1].to(value.dtype), value], dim=2)
-    groups = attention.num_key_value_groups
-    key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
-    total = key.shape[2]
-    allowed = torch.ones(readout, total, dtype=torch.bool, device=hidden.device).tril(diagonal=total - readout)
-    if key_mask is not None:
-        allowed = allowed & key_mask[:, None, None, :].bool()
-    attended = F.scaled_dot_product_attention(
-        query,
-        key,
-        value,
-        attn_mask=allowed,
-        dropout_p=attention.attention_dropout if attention.training else 0.0,
-        scale=attention.scaling,
-    )
+    dropout_p = attention.attention_dropout if attention.training else 0.0
+    # `past`: the shared prefix's cached keys (already rotated) and values.
+    grouped = attention.num_key_value_groups > 1
+    attended = _readout_attention(query, key, value, key_mask, past, dropout_p, attention.scaling, enable_gqa=grouped)
     states = hidden[:, -readout:] + attention.o_proj(_merge_heads(attended))
     states = states + layer.mlp(layer.post_attention_layernorm(states))
     return llm.norm(states)
