@@ -7,8 +7,8 @@ import json
 
 import pytest
 import torch
-from conftest import REPO_ROOT
-from transformers import AutoModel, BertConfig, GPT2Config, LlamaConfig
+from conftest import REPO_ROOT, tiny_llama_config
+from transformers import AutoModel, BertConfig, GPT2Config
 from transformers.pytorch_utils import Conv1D
 
 from balm_hf.benchmarking import BenchmarkSetting, llm_forward_flops
@@ -60,14 +60,7 @@ def test_llm_flops_follow_the_transformer_formula():
     [
         GPT2Config(n_layer=2, n_embd=48, n_head=4, vocab_size=100),
         BertConfig(num_hidden_layers=2, hidden_size=48, num_attention_heads=4, intermediate_size=80, vocab_size=100),
-        LlamaConfig(
-            num_hidden_layers=2,
-            hidden_size=48,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            intermediate_size=80,
-            vocab_size=100,
-        ),
+        tiny_llama_config(hidden_size=48, intermediate_size=80, vocab_size=100),
     ],
     ids=["gpt2", "bert", "llama"],
 )
