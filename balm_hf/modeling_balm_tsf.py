@@ -280,8 +280,13 @@ class BalmTsfRevIN(nn.Module):
         weights = observed.to(values.dtype)
         filled = torch.where(observed, values, torch.zeros_like(values))
         count = weights.sum(dim=1, keepdim=True).clamp_min(1.0)
-        loc = (filled.sum(dim=1, keepdim=True) / count).detach()
+        loc = filled.sum(dim=1, keepdim=True) / count
         variance = ((filled - loc) ** 2 * weights).sum(dim=1, keepdim=True) / count
+        # A fully observed series gets the unmasked formulas' bits: sum / count and mean round differently, and the
+        # paper-mode prompt prints every bit, so the mask must change nothing where nothing is missing.
+        complete = observed.all(dim=1, keepdim=True)
+        loc = torch.where(complete, filled.mean(dim=1, keepdim=True), loc).detach()
+        variance = torch.where(complete, filled.var(dim=1, keepdim=True, unbiased=False), variance)
         scale = torch.sqrt(variance + self.eps).detach()
         return torch.where(observed, (filled - loc) / scale, torch.zeros_like(values)), loc, scale
 
@@ -700,11 +705,14 @@ class BalmTsfPreTrainedModel(PreTrainedModel):
     ) -> Any:
         """
         Load the model and attach the tokenizer stored next to it (when the folder or repo has one). Weights are read
-        from safetensors only (never a pickle), unless `use_safetensors=False` is passed explicitly.
+        from safetensors only (never a pickle), unless `use_safetensors=False` is passed explicitly. The LLM backbone
+        comes back frozen, as it was saved.
         """
         kwargs.setdefault("use_safetensors", True)
         loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded
+        # Loading replaces every parameter by a new, trainable one; the backbone is frozen by design.
+        model.get_text_encoder().llm.requires_grad_(False)
         tokenizer_kwargs = {
             key: kwargs[key]
             for key in (

@@ -6,6 +6,7 @@ import inspect
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -33,6 +34,7 @@ from balm_hf.modeling_balm_tsf import (
     format_prompts,
     prepare_prompt_inputs,
     scale_std,
+    tokenize_prompts,
 )
 
 
@@ -178,6 +180,10 @@ def test_save_load_roundtrip_preserves_outputs(model_class, tmp_path):
     assert info["missing_keys"] == set() or info["missing_keys"] == []
     assert not info["unexpected_keys"] and not info["mismatched_keys"]
     assert reloaded.tokenizer is not None
+    # The backbone comes back frozen: the same parameters are trainable as before saving.
+    trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    assert {name for name, parameter in reloaded.named_parameters() if parameter.requires_grad} == trainable
+    assert not any(".llm." in name for name in trainable)
     reloaded.eval()
     with torch.no_grad():
         after = _main_output(reloaded, reloaded(**inputs))
@@ -356,19 +362,56 @@ def _relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return ((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-12)).item()
 
 
-def test_paper_mode_reproduces_the_original_prompts_forecast_losses_and_gradients(fixture_a):
+_PAPER_PROMPT = re.compile(
+    r"min value (?P<min>\S+), max value (?P<max>\S+), median value (?P<median>\S+), "
+    r"the trend of input is (?P<trend>upward|downward), top 5 lags are : \[(?P<lags>[0-9, ]+)\], "
+)
+
+
+def _parse_paper_prompt(prompt: str, length: int) -> dict:
+    """The fields of a paper-mode prompt; each lag k is folded to min(k, length - k) (k and length - k tie exactly)."""
+    match = _PAPER_PROMPT.fullmatch(prompt)
+    assert match is not None, f"not a paper-mode prompt: {prompt!r}"
+    fields = match.groupdict()
+    fields["lags"] = [min(int(k), length - int(k)) for k in fields["lags"].split(", ")]
+    return fields
+
+
+def test_paper_mode_reproduces_the_original_prompts(fixture_a):
+    model = _model_from_fixture(fixture_a)
+    x, intermediates = fixture_a["x"], fixture_a["intermediates"]
+    length = x.shape[1]
+    # From the original's own RevIN statistics, min/max/median are selections, so their strings must be identical on
+    # any machine. The autocorrelation of lag k and lag L - k is equal in exact arithmetic; which of a mirrored pair
+    # comes first is decided by the FFT's rounding, which differs between CPUs (the fixture was made on another one),
+    # so lags are compared folded. Everything else in the string is compared exactly.
+    original_normalized = ((x - intermediates["normalize_mean"]) / intermediates["normalize_stdev"]).squeeze(-1)
+    ours = format_prompts(compute_prompt_statistics(original_normalized))
+    for actual, expected in zip(ours, fixture_a["prompts"], strict=True):
+        assert _parse_paper_prompt(actual, length) == _parse_paper_prompt(expected, length)
+    # Our own RevIN agrees with the original's to float32 rounding, so the printed numbers agree to ~1e-6.
+    normalized = BalmTsfRevIN(model.config)(x)[0].permute(0, 2, 1).reshape(x.shape[0], -1)
+    ours = format_prompts(compute_prompt_statistics(normalized))
+    for actual, expected in zip(ours, fixture_a["prompts"], strict=True):
+        ours_fields, original_fields = _parse_paper_prompt(actual, length), _parse_paper_prompt(expected, length)
+        for key in ("min", "max", "median"):
+            assert math.isclose(float(ours_fields[key]), float(original_fields[key]), rel_tol=1e-6, abs_tol=1e-6)
+        assert (ours_fields["trend"], ours_fields["lags"]) == (original_fields["trend"], original_fields["lags"])
+    # The original's prompt strings tokenise to the original's ids, padding included.
+    tokens = tokenize_prompts(model.tokenizer, fixture_a["prompts"], model.config)
+    assert torch.equal(tokens["prompt_input_ids"], fixture_a["input_ids"])
+    assert torch.equal(tokens["prompt_attention_mask"], fixture_a["attention_mask"])
+
+
+def test_paper_mode_reproduces_the_original_forecast_losses_and_gradients(fixture_a):
     model = _model_from_fixture(fixture_a)
     config = fixture_a["config"]
     assert config["patch_nums"] == model.config.num_patches and config["prompt_len"] == model.config.prompt_length
     assert config["head_nf"] == model.config.head_input_features
 
     x, y = fixture_a["x"], fixture_a["y"]
-    normalized = BalmTsfRevIN(model.config)(x)[0].permute(0, 2, 1).reshape(x.shape[0], -1)
-    assert format_prompts(compute_prompt_statistics(normalized)) == fixture_a["prompts"]
-    prompt_inputs = model.model.build_prompt_inputs(normalized)
-    assert torch.equal(prompt_inputs["prompt_input_ids"], fixture_a["input_ids"])
-
-    output = model(past_values=x, future_values=y, output_hidden_states=True)
+    # The original's token ids (see the prompt test for why its strings can differ in the last float bit elsewhere).
+    output = model(past_values=x, future_values=y, prompt_input_ids=fixture_a["input_ids"], output_hidden_states=True)
     intermediates = fixture_a["intermediates"]
     assert _relative_error(output.prediction_outputs, fixture_a["forecast"]) < 1e-5
     assert _relative_error(output.alignment_loss, fixture_a["alignment_loss"]) < 1e-5
@@ -383,6 +426,18 @@ def test_paper_mode_reproduces_the_original_prompts_forecast_losses_and_gradient
     parameters = dict(model.named_parameters())
     for original_name, expected in fixture_a["grads"].items():
         assert _relative_error(parameters[ORIGINAL_TO_BALM_HF[original_name]].grad, expected) < 1e-4, original_name
+
+
+def test_paper_mode_forward_builds_the_prompts_it_is_given(fixture_a):
+    """Building the prompts inside `forward` equals passing the ids of the same prompts, to the last bit."""
+    model = _model_from_fixture(fixture_a)
+    x = fixture_a["x"]
+    normalized = BalmTsfRevIN(model.config)(x)[0].permute(0, 2, 1).reshape(x.shape[0], -1)
+    prompt_inputs = model.model.build_prompt_inputs(normalized)
+    with torch.no_grad():
+        built = model(past_values=x).prediction_outputs
+        given = model(past_values=x, prompt_input_ids=prompt_inputs["prompt_input_ids"]).prediction_outputs
+    torch.testing.assert_close(built, given, rtol=0, atol=0)
 
 
 def test_constant_series_gives_finite_outputs_like_the_original(fixture_a):
@@ -916,6 +971,7 @@ def test_saved_folder_loads_with_trust_remote_code_without_the_package(tmp_path)
         from transformers import AutoModelForTimeSeriesPrediction
         model = AutoModelForTimeSeriesPrediction.from_pretrained({str(tmp_path / "folder")!r}, trust_remote_code=True)
         assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        assert not any(p.requires_grad for p in model.model.text_encoder.llm.parameters()), "backbone not frozen"
         model.eval()
         with torch.no_grad():
             out = model(past_values=torch.load({str(tmp_path / "past.pt")!r})).prediction_outputs
