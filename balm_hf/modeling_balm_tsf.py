@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -23,6 +24,9 @@ from transformers import (
 )
 from transformers import initialization as init
 from transformers.activations import GELUTanh, NewGELUActivation
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.modeling_utils import AttentionInterface
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 from transformers.models.llama.modeling_llama import rotate_half
 from transformers.utils import ModelOutput
@@ -249,6 +253,144 @@ def _fold_and_normalize(
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Dropout for CPU training
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def bernoulli_keep_mask(shape: tuple[int, ...] | torch.Size, p: float) -> torch.Tensor:
+    r"""
+    A boolean CPU tensor of `shape` whose entries are independently `True` with probability `1 - p`: the keep mask of a
+    dropout with rate `p`.
+
+    Every entry compares 31 random bits with `round(p * 2**31)`, so the keep probability is `1 - p` up to 2^-31. The
+    bits come from NumPy's PCG64, seeded by one draw of PyTorch's default generator (`torch.manual_seed` makes the
+    masks reproducible). That takes about 2 ns per entry on the CPU, where `torch.bernoulli_` takes about 15.
+    """
+    numel = math.prod(shape)
+    seed = int(torch.randint(0, 2**62, (), dtype=torch.int64).item())
+    words = np.random.Generator(np.random.PCG64(seed)).bit_generator.random_raw((numel + 1) // 2)
+    bits = torch.from_numpy(words.view(np.int32)[:numel]).view(tuple(shape))
+    return bits.bitwise_and_(0x7FFFFFFF) >= round(p * 2**31)
+
+
+class _MaskedScale(torch.autograd.Function):
+    """`values * keep * scale` that saves the boolean mask (1 byte per entry) for its backward."""
+
+    @staticmethod
+    def forward(ctx: Any, values: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.save_for_backward(keep)
+        ctx.scale = scale
+        return values.mul(keep).mul_(scale)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (keep,) = ctx.saved_tensors
+        return grad.mul(keep).mul_(ctx.scale), None, None
+
+
+def fast_dropout(values: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    """`F.dropout(values, p, training)`, with the mask of [`bernoulli_keep_mask`] for CPU tensors."""
+    if not training or p == 0.0 or p == 1.0 or values.device.type != "cpu":
+        return F.dropout(values, p, training)
+    return _MaskedScale.apply(values, bernoulli_keep_mask(values.shape, p), 1.0 / (1.0 - p))
+
+
+class BalmTsfDropout(nn.Dropout):
+    """`nn.Dropout` whose CPU training masks come from [`bernoulli_keep_mask`]: the same distribution, drawn faster."""
+
+    def forward(self, values: torch.Tensor) -> torch.Tensor:
+        return fast_dropout(values, self.p, self.training)
+
+
+def _dropout(config: BalmTsfConfig) -> nn.Dropout:
+    return BalmTsfDropout(config.dropout) if config.fast_dropout else nn.Dropout(config.dropout)
+
+
+def _use_fast_dropout(module: nn.Module) -> None:
+    """Replace every `nn.Dropout` below `module` by a [`BalmTsfDropout`] of the same rate."""
+    for name, child in module.named_children():
+        if type(child) is nn.Dropout:
+            setattr(module, name, BalmTsfDropout(child.p))
+        else:
+            _use_fast_dropout(child)
+
+
+def sdpa_with_fast_dropout(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+) -> torch.Tensor:
+    r"""
+    `F.scaled_dot_product_attention`, except with dropout on CPU tensors: there SDPA runs its unfused math kernel and
+    draws the mask with `bernoulli_`; this computes the same attention (scores, masks, softmax in float32, dropout of
+    the probabilities, weighted values) with the mask of [`bernoulli_keep_mask`].
+    """
+    if dropout_p == 0.0 or query.device.type != "cpu":
+        return F.scaled_dot_product_attention(
+            query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
+            enable_gqa=enable_gqa,
+        )  # fmt: skip
+    if enable_gqa and key.shape[-3] != query.shape[-3]:
+        groups = query.shape[-3] // key.shape[-3]
+        key, value = key.repeat_interleave(groups, dim=-3), value.repeat_interleave(groups, dim=-3)
+    scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
+    scores = torch.matmul(query * scale, key.transpose(-2, -1))  # [... x queries x keys]
+    if is_causal:
+        causal = torch.ones(scores.shape[-2:], dtype=torch.bool, device=scores.device).tril()
+        scores = scores.masked_fill(~causal, float("-inf"))
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else scores + attn_mask
+    probabilities = _safe_softmax(scores).to(value.dtype)
+    return torch.matmul(fast_dropout(probabilities, dropout_p), value)
+
+
+def _safe_softmax(scores: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last axis in float32; a row with no allowed position gets zeros, as in SDPA's math kernel."""
+    if hasattr(torch.ops.aten, "_safe_softmax"):
+        return torch.ops.aten._safe_softmax(scores, -1, dtype=torch.float32)
+    return torch.softmax(scores, dim=-1, dtype=torch.float32).nan_to_num(0.0)
+
+
+FAST_DROPOUT_ATTENTION = "balm_tsf_sdpa"
+
+
+def _fast_dropout_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers' `sdpa` attention with the CPU training dropout of [`sdpa_with_fast_dropout`] (`balm_tsf_sdpa`)."""
+    if dropout == 0.0 or query.device.type != "cpu" or kwargs.get("position_bias") is not None:
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
+        )
+    groups = getattr(module, "num_key_value_groups", 1)
+    key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    # The causal flag exactly as transformers' `sdpa` sets it (`module.is_causal` unless given; no mask, no decoding).
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    causal = query.shape[2] > 1 and attention_mask is None and causal
+    if causal and key.shape[2] > query.shape[2]:  # SDPA's top-left causal alignment, as transformers' `sdpa` crops
+        key, value = key[:, :, : query.shape[2]], value[:, :, : query.shape[2]]
+    output = sdpa_with_fast_dropout(query, key, value, attention_mask, dropout, causal, scaling)
+    return output.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(FAST_DROPOUT_ATTENTION, _fast_dropout_attention_forward)
+AttentionMaskInterface.register(FAST_DROPOUT_ATTENTION, sdpa_mask)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Modules
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -306,7 +448,7 @@ class BalmTsfPatchEmbedding(nn.Module):
         self.conv = nn.Conv1d(
             config.patch_length, config.d_model, kernel_size=3, padding=1, padding_mode="circular", bias=False
         )
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = _dropout(config)
 
     def patchify(self, series: torch.Tensor) -> torch.Tensor:
         """`[series, length]` -> `[series, num_patches, patch_length]`."""
@@ -372,6 +514,7 @@ def _readout_attention(
     past: tuple[torch.Tensor, torch.Tensor] | None,
     dropout_p: float,
     scale: float,
+    fast_dropout: bool,
     enable_gqa: bool = False,
 ) -> torch.Tensor:
     """
@@ -385,9 +528,8 @@ def _readout_attention(
     allowed = torch.ones(readout, total, dtype=torch.bool, device=query.device).tril(diagonal=total - readout)
     if key_mask is not None:
         allowed = allowed & key_mask[:, None, None, :].bool()
-    return F.scaled_dot_product_attention(
-        query, key, value, attn_mask=allowed, dropout_p=dropout_p, scale=scale, enable_gqa=enable_gqa
-    )
+    sdpa = sdpa_with_fast_dropout if fast_dropout else F.scaled_dot_product_attention
+    return sdpa(query, key, value, attn_mask=allowed, dropout_p=dropout_p, scale=scale, enable_gqa=enable_gqa)
 
 
 def _gpt2_last_block_readout(
@@ -396,6 +538,7 @@ def _gpt2_last_block_readout(
     readout: int,
     key_mask: torch.Tensor | None,
     past: tuple[torch.Tensor, torch.Tensor] | None,
+    fast_dropout: bool,
 ) -> torch.Tensor:
     """GPT-2's final block and final layer norm for the last `readout` positions (keys/values for all positions)."""
     block: Any = llm.h[-1]
@@ -408,7 +551,7 @@ def _gpt2_last_block_readout(
     query = torch.addmm(bias[:width], normed[:, -readout:].flatten(end_dim=1), weight[:, :width])
     query = _split_heads(query.view(hidden.shape[0], readout, width), head_dim)
     dropout_p = attention.attn_dropout.p if attention.training else 0.0
-    attended = _readout_attention(query, key, value, key_mask, past, dropout_p, attention.scaling)
+    attended = _readout_attention(query, key, value, key_mask, past, dropout_p, attention.scaling, fast_dropout)
     states = hidden[:, -readout:] + attention.resid_dropout(attention.c_proj(_merge_heads(attended)))
     states = states + block.mlp(block.ln_2(states))
     return llm.ln_f(states)
@@ -421,6 +564,7 @@ def _llama_last_block_readout(
     key_mask: torch.Tensor | None,
     past: tuple[torch.Tensor, torch.Tensor] | None,
     position_embeddings: tuple[torch.Tensor, torch.Tensor],
+    fast_dropout: bool,
 ) -> torch.Tensor:
     """
     Llama's final block and final norm for the last `readout` positions: keys/values (rotated) for all positions,
@@ -433,28 +577,32 @@ def _llama_last_block_readout(
     normed = layer.input_layernorm(hidden)
     key = _split_heads(attention.k_proj(normed), head_dim)
     value = _split_heads(attention.v_proj(normed), head_dim)
-    query = _split_heads(attention.q_proj(normed[:, -readout:]), head_dim)
+    # Contiguous: a linear over a strided 3-D slice expands its weight over the batch instead of one matrix product.
+    query = _split_heads(attention.q_proj(normed[:, -readout:].contiguous()), head_dim)
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # broadcast over heads
     query = query * cos[:, :, -readout:] + rotate_half(query) * sin[:, :, -readout:]
     key = key * cos + rotate_half(key) * sin
     dropout_p = attention.attention_dropout if attention.training else 0.0
     # `past`: the shared prefix's cached keys (already rotated) and values.
     grouped = attention.num_key_value_groups > 1
-    attended = _readout_attention(query, key, value, key_mask, past, dropout_p, attention.scaling, enable_gqa=grouped)
+    attended = _readout_attention(
+        query, key, value, key_mask, past, dropout_p, attention.scaling, fast_dropout, enable_gqa=grouped
+    )
     states = hidden[:, -readout:] + attention.o_proj(_merge_heads(attended))
     states = states + layer.mlp(layer.post_attention_layernorm(states))
     return llm.norm(states)
 
 
 def _bert_last_layer_readout(
-    llm: BertModel, hidden: torch.Tensor, readout: int, key_mask: torch.Tensor | None
+    llm: BertModel, hidden: torch.Tensor, readout: int, key_mask: torch.Tensor | None, fast_dropout: bool
 ) -> torch.Tensor:
     """BERT's final (post-norm) layer for the last `readout` positions, attending to every position."""
     layer: Any = llm.encoder.layer[-1]
     self_attention = layer.attention.self
     head_dim = self_attention.attention_head_size
-    last = hidden[:, -readout:]
-    attended = F.scaled_dot_product_attention(
+    last = hidden[:, -readout:].contiguous()  # see `_llama_last_block_readout`
+    sdpa = sdpa_with_fast_dropout if fast_dropout else F.scaled_dot_product_attention
+    attended = sdpa(
         _split_heads(self_attention.query(last), head_dim),
         _split_heads(self_attention.key(hidden), head_dim),
         _split_heads(self_attention.value(hidden), head_dim),
@@ -477,6 +625,10 @@ class BalmTsfTextEncoder(nn.Module):
         self.llm = AutoModel.from_config(config.llm_config)
         self.llm.requires_grad_(False)
         _use_fused_gelu(self.llm)
+        if config.fast_dropout:
+            _use_fast_dropout(self.llm)
+            if self.llm.config._attn_implementation == "sdpa":
+                self.llm.set_attn_implementation(FAST_DROPOUT_ATTENTION)
         if config.llm_dtype is not None:
             self.llm.to(getattr(torch, config.llm_dtype))
         self.tokenizer: PreTrainedTokenizerBase | None = None
@@ -531,12 +683,13 @@ class BalmTsfTextEncoder(nn.Module):
             raise RuntimeError("the backbone returned without calling its final block")
         finally:
             handle.remove()
+        fast = self.config.fast_dropout
         if isinstance(self.llm, GPT2Model):
-            return _gpt2_last_block_readout(self.llm, hidden, self.prompt_length, key_mask, past)
+            return _gpt2_last_block_readout(self.llm, hidden, self.prompt_length, key_mask, past, fast)
         if isinstance(self.llm, LlamaModel):
             rotary = block_kwargs["position_embeddings"]
-            return _llama_last_block_readout(self.llm, hidden, self.prompt_length, key_mask, past, rotary)
-        return _bert_last_layer_readout(self.llm, hidden, self.prompt_length, key_mask)
+            return _llama_last_block_readout(self.llm, hidden, self.prompt_length, key_mask, past, rotary, fast)
+        return _bert_last_layer_readout(self.llm, hidden, self.prompt_length, key_mask, fast)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         r"""
@@ -628,7 +781,7 @@ class BalmTsfForecastHead(nn.Module):
     def __init__(self, config: BalmTsfConfig) -> None:
         super().__init__()
         self.linear = nn.Linear(config.head_input_features, config.prediction_length)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = _dropout(config)
 
     def forward(self, fused: torch.Tensor) -> torch.Tensor:
         """`[series, tokens, d_ff]` -> `[series, prediction_length]`."""
@@ -1005,6 +1158,7 @@ class BalmTsfForForecasting(BalmTsfPreTrainedModel):
 
 
 __all__ = [
+    "BalmTsfDropout",
     "BalmTsfForForecasting",
     "BalmTsfForForecastingOutput",
     "BalmTsfModel",
@@ -1013,6 +1167,9 @@ __all__ = [
     "compute_prompt_statistics",
     "format_prompts",
     "prepare_prompt_inputs",
+    "bernoulli_keep_mask",
+    "fast_dropout",
     "scale_std",
+    "sdpa_with_fast_dropout",
     "tokenize_prompts",
 ]
