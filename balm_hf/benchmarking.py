@@ -127,11 +127,16 @@ def _synthetic_batch(setting: BenchmarkSetting, batch_size: int, seed: int = 0) 
     }
 
 
-def _median_seconds(function: Callable[[], object], steps: int, warmup: int) -> float:
+def _median_seconds(
+    function: Callable[[], object], steps: int, warmup: int, before_each: Callable[[], object] | None = None
+) -> float:
+    """Median wall time of `steps` calls after `warmup` untimed ones; `before_each` runs untimed before every call."""
     for _ in range(warmup):
         function()
     timings = []
     for _ in range(steps):
+        if before_each is not None:
+            before_each()
         start = time.perf_counter()
         function()
         timings.append(time.perf_counter() - start)
@@ -175,6 +180,34 @@ def matmul_peak_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -
     b = torch.randn(size, size).to(dtype)
     seconds = _median_seconds(lambda: torch.mm(a, b), repeats, 1)
     return 2 * size**3 / seconds / 1e9
+
+
+class MatmulProbe:
+    r"""
+    A short square matrix multiply per precision, run before every timed step: what the machine delivered while the
+    step ran. Shared or virtual CPUs change speed from minute to minute (on this project's machines the float32
+    matmul rate moved between about 150 and 240 GFLOP/s), so a peak measured once at the start is not enough to
+    judge one setting's figures.
+    """
+
+    def __init__(self, size: int = 1024) -> None:
+        self.size = size
+        self.operands = {
+            name: (torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype))
+            for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))
+        }
+        self.rates: dict[str, list[float]] = {name: [] for name in self.operands}
+
+    def __call__(self) -> None:
+        for name, (a, b) in self.operands.items():
+            torch.mm(a, b)  # warm the cache and the thread pool
+            start = time.perf_counter()
+            torch.mm(a, b)
+            self.rates[name].append(2 * self.size**3 / (time.perf_counter() - start) / 1e9)
+
+    def medians(self) -> dict[str, float]:
+        """Median GFLOP/s per precision over the probes so far."""
+        return {name: statistics.median(rates) for name, rates in self.rates.items() if rates}
 
 
 def _autocast(setting: BenchmarkSetting) -> contextlib.AbstractContextManager:
@@ -259,13 +292,16 @@ def measure(setting: BenchmarkSetting, phase: str = "all") -> dict[str, Any]:
             if device.type == "cuda":
                 torch.cuda.synchronize()
 
-        seconds = _median_seconds(train_step, setting.steps, setting.warmup)
+        probe = MatmulProbe()
+        seconds = _median_seconds(train_step, setting.steps, setting.warmup, before_each=probe)
+        result["matmul_probe_gflops_train"] = probe.medians()
         result["train_step_s"] = seconds
         result["train_samples_per_s"] = setting.batch_size / seconds
         # Training runs the LLM forward and its input-gradient backward: about twice the forward FLOPs.
         result["llm_train_gflop_per_sample"] = 2 * llm_forward_flops(config, executed["train"], trimmed) / 1e9
     if phase in ("inference", "all"):
         model.eval()
+        probe = MatmulProbe()
         for batch_size in setting.inference_batch_sizes:
             inference_batch = _synthetic_batch(setting, batch_size, seed=1)
             if setting.mode == "fast":
@@ -278,8 +314,9 @@ def measure(setting: BenchmarkSetting, phase: str = "all") -> dict[str, Any]:
                 if device.type == "cuda":
                     torch.cuda.synchronize()
 
-            seconds = _median_seconds(infer, max(3, setting.steps // 2), max(1, setting.warmup))
+            seconds = _median_seconds(infer, max(3, setting.steps // 2), max(1, setting.warmup), before_each=probe)
             result[f"inference_samples_per_s_bs{batch_size}"] = batch_size / seconds
+        result["matmul_probe_gflops_inference"] = probe.medians()
         result["llm_inference_gflop_per_sample"] = llm_forward_flops(config, executed["inference"], trimmed) / 1e9
     result.update(_peak_memory_mb())
     return result
@@ -343,6 +380,7 @@ __all__ = [
     "FAST_MODE_SWITCHES",
     "GATED_MLP_MODEL_TYPES",
     "BenchmarkSetting",
+    "MatmulProbe",
     "build_model",
     "llm_forward_flops",
     "machine_info",

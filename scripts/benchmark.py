@@ -115,7 +115,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for setting in iter_settings(args.backbones, args.modes, args.precisions, **common):
         train = run_isolated(setting, "train")
         inference = run_isolated(setting, "inference")
-        row = {**train, **{k: v for k, v in inference.items() if k.startswith("inference") or k.startswith("llm_inf")}}
+        row = {
+            **train,
+            **{
+                k: v
+                for k, v in inference.items()
+                if k.startswith(("inference", "llm_inf", "matmul_probe_gflops_inference"))
+            },
+        }
         row["peak_rss_mb_train"] = train["peak_rss_mb"]
         row["peak_rss_mb_inference"] = inference["peak_rss_mb"]
         if not args.no_llm_share:
@@ -135,6 +142,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 llm_bf16 = setting.precision == "bf16" or row["llm_dtype"] == "bfloat16"
                 row["llm_precision"] = "bf16" if llm_bf16 else "fp32"
                 row["llm_utilisation"] = row["llm_train_gflops"] / peaks[row["llm_precision"]]
+                # The same against what the matmul probe delivered while this setting trained.
+                during = train.get("matmul_probe_gflops_train", {}).get(row["llm_precision"])
+                if during:
+                    row["llm_utilisation_of_probe"] = row["llm_train_gflops"] / during
         reference = ORIGINAL_REFERENCE.get((setting.backbone, setting.llm_width, setting.precision))
         if reference and setting.llm_layers == 6 and setting.batch_size == 24:
             row["original"] = reference
@@ -175,9 +186,9 @@ def format_table(report: dict) -> str:
         f"matmul peak: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s; "
         f"machine: {report['machine']['processor']} x{report['machine']['cpu_count']}",
         "| backbone | mode | precision | LLM tokens | train samples/s | infer bs24 /s | infer bs256 /s | "
-        "peak RSS train/infer MB | outside-LLM share | LLM GFLOP/s (util.) | x original (same prec.) | "
-        "x original fp32 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "peak RSS train/infer MB | outside-LLM share | LLM GFLOP/s (util.) | matmul probe fp32/bf16 during train | "
+        "x original (same prec.) | x original fp32 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["rows"]:
         s = row["setting"]
@@ -189,7 +200,11 @@ def format_table(report: dict) -> str:
             if "llm_utilisation" in row
             else "-"
         )
+        if "llm_utilisation_of_probe" in row:
+            util += f"; {100 * row['llm_utilisation_of_probe']:.0f}% of probe"
         share = f"{100 * row['share_outside_llm']:.0f}%" if "share_outside_llm" in row else "-"
+        probe = row.get("matmul_probe_gflops_train", {})
+        during = f"{probe['fp32']:.0f} / {probe['bf16']:.0f}" if {"fp32", "bf16"} <= set(probe) else "-"
         same = (
             f"{row['train_speedup_vs_original']:.2f} / {row['inference_speedup_vs_original']:.2f}"
             if "train_speedup_vs_original" in row
@@ -204,7 +219,8 @@ def format_table(report: dict) -> str:
             f"| {name} | {s['mode']} | {s['precision']} | {row['llm_tokens_per_series']} | "
             f"{row['train_samples_per_s']:.1f} | {row.get('inference_samples_per_s_bs24', float('nan')):.1f} | "
             f"{row.get('inference_samples_per_s_bs256', float('nan')):.1f} | "
-            f"{row['peak_rss_mb_train']:.0f}/{row['peak_rss_mb_inference']:.0f} | {share} | {util} | {same} | {fp32} |"
+            f"{row['peak_rss_mb_train']:.0f}/{row['peak_rss_mb_inference']:.0f} | {share} | {util} | {during} | "
+            f"{same} | {fp32} |"
         )
     return "\n".join(lines)
 

@@ -39,6 +39,9 @@ def test_benchmark_script_runs_end_to_end_on_a_tiny_configuration(tmp_path):
         assert row["train_samples_per_s"] > 0 and row["inference_samples_per_s_bs8"] > 0
         assert row["trainable_parameters"] < row["total_parameters"]
         assert row["peak_rss_mb_train"] > 0 and 0 < row["share_outside_llm"] <= 1
+        for phase in ("train", "inference"):  # what the machine delivered while each phase ran
+            assert set(row[f"matmul_probe_gflops_{phase}"]) == {"fp32", "bf16"}
+            assert min(row[f"matmul_probe_gflops_{phase}"].values()) > 0
     paper, fast = report["rows"]
     assert fast["llm_tokens_per_series"] < paper["llm_tokens_per_series"]  # rounded numbers in the prompt
     assert report["matmul_peak_gflops"]["fp32"] > 0 and report["machine"]["cpu_count"] >= 1
