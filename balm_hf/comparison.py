@@ -44,7 +44,14 @@ from .configuration_balm_tsf import BalmTsfConfig
 from .data import BalmTsfDataCollator, load_forecasting_dataset
 from .metrics import make_compute_metrics
 from .modeling_balm_tsf import BalmTsfForForecasting
-from .training import BalmTsfTrainer, ForecastOutput, forecast_metrics_rows, git_revision, subsample_evenly
+from .training import (
+    BalmTsfTrainer,
+    ForecastOutput,
+    build_data_collator,
+    forecast_metrics_rows,
+    git_revision,
+    subsample_evenly,
+)
 
 
 # Model keys in table order; the first five are trained, the last two are parameter-free.
@@ -365,9 +372,12 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
 
 
 def build_collator(model: torch.nn.Module) -> BalmTsfDataCollator:
-    """The data collator; for BALM-TSF it also builds and tokenises the prompts (in the DataLoader workers)."""
-    if isinstance(model, BalmTsfForForecasting) and model.config.text_branch == "llm":
-        return BalmTsfDataCollator(model_config=model.config, tokenizer=model.tokenizer)
+    """
+    The data collator; for both BALM-TSF variants it also builds and tokenises the prompts (in the DataLoader workers;
+    the no-LLM ablation reads its read-out from the prompt's token embeddings too).
+    """
+    if isinstance(model, BalmTsfForForecasting):
+        return build_data_collator(model)
     return BalmTsfDataCollator()
 
 
@@ -518,7 +528,7 @@ def run_model(settings: ComparisonSettings, model_name: str, splits: Any) -> dic
         notes.append(
             f"backbone {config.llm_name_or_path} ({config.llm_layers} layers, frozen); "
             f"fast-mode switches: {json.dumps(switches) if switches else 'none (paper mode)'}"
-            + ("; prompts built and tokenised in the DataLoader workers" if config.text_branch == "llm" else "")
+            + "; prompts built and tokenised in the DataLoader workers"
         )
     if model_name == "patchtst":
         notes.append(

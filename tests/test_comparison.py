@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from conftest import DATA_DIR, TOKENIZER_DIR, tiny_llm_config
 from transformers import AutoTokenizer, GPT2Model
 
@@ -20,6 +21,7 @@ from balm_hf.comparison import (
     README_END,
     README_START,
     ComparisonSettings,
+    build_collator,
     build_comparison_model,
     model_label,
     read_results,
@@ -206,3 +208,22 @@ def test_resume_continues_a_budget_stopped_run_in_a_second_piece(workspace: Path
     # A fresh run in the same work dir without `resume` starts again from epoch 0.
     (fresh,) = run_comparison(ComparisonSettings(**{**common, "max_epochs": 1}), log=lambda m: None)
     assert fresh["epochs_run"] == 1 and "pieces" not in fresh
+
+
+def test_both_balm_variants_get_their_prompts_from_the_collator_and_baselines_do_not(workspace: Path) -> None:
+    settings = ComparisonSettings(
+        context_length=CONTEXT,
+        prediction_length=HORIZON,
+        backbone=str(workspace / "backbone"),
+        balm_config={"llm_layers": 2, "d_model": 8, "d_ff": 16, "patch_length": 8, "patch_stride": 4},
+    )
+    items = [{"past_values": np.random.randn(CONTEXT), "future_values": np.random.randn(HORIZON)} for _ in range(3)]
+    for name in ("balm_tsf", "balm_tsf_no_llm"):
+        model = build_comparison_model(settings, name)
+        batch = build_collator(model)(items)
+        assert batch["prompt_input_ids"].shape[0] == 3, name
+        with torch.no_grad():  # the same forecast as building the prompts in forward
+            model.eval()
+            inside = model(past_values=batch["past_values"]).prediction_outputs
+            torch.testing.assert_close(model(**batch).prediction_outputs, inside, rtol=0, atol=0)
+    assert "prompt_input_ids" not in build_collator(build_comparison_model(settings, "dlinear"))(items)
