@@ -182,6 +182,40 @@ def matmul_peak_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -
     return 2 * size**3 / seconds / 1e9
 
 
+def projection_shapes(llm: torch.nn.Module) -> list[tuple[int, int]]:
+    """`(in, out)` of every projection (linear layer) of the backbone's first block, in the block's order."""
+    from transformers.pytorch_utils import Conv1D
+
+    blocks = next(
+        (child for child in llm.modules() if isinstance(child, torch.nn.ModuleList) and len(child) > 0), None
+    )
+    if blocks is None:
+        raise ValueError(f"{type(llm).__name__} has no list of blocks")
+    shapes = []
+    for module in blocks[0].modules():
+        if isinstance(module, torch.nn.Linear):
+            shapes.append((module.in_features, module.out_features))
+        elif isinstance(module, Conv1D):  # GPT-2's transposed linear: weight [in, out]
+            shapes.append((int(module.weight.shape[0]), int(module.weight.shape[1])))
+    return shapes
+
+
+def projection_matmul_gflops(shapes: list[tuple[int, int]], rows: int, dtype: torch.dtype, repeats: int = 5) -> float:
+    r"""
+    Achieved GFLOP/s of the backbone's projection matrix products alone, `[rows x in] @ [in x out]` for every shape,
+    with `rows` = series x executed tokens of the setting: the arithmetic rate that this setting's matrix shapes
+    allow on this machine, against which the backbone's achieved rate shows the time lost outside matrix products.
+    """
+    operands = [(torch.randn(rows, i).to(dtype), torch.randn(i, o).to(dtype)) for i, o in shapes]
+
+    def run() -> None:
+        for a, b in operands:
+            torch.mm(a, b)
+
+    seconds = _median_seconds(run, repeats, 1)
+    return sum(2 * rows * i * o for i, o in shapes) / seconds / 1e9
+
+
 class MatmulProbe:
     r"""
     A short square matrix multiply per precision, run before every timed step: what the machine delivered while the
@@ -299,6 +333,13 @@ def measure(setting: BenchmarkSetting, phase: str = "all") -> dict[str, Any]:
         result["train_samples_per_s"] = setting.batch_size / seconds
         # Training runs the LLM forward and its input-gradient backward: about twice the forward FLOPs.
         result["llm_train_gflop_per_sample"] = 2 * llm_forward_flops(config, executed["train"], trimmed) / 1e9
+        if config.text_branch == "llm":
+            llm_bf16 = setting.precision == "bf16" or config.llm_dtype == "bfloat16"
+            result["llm_projection_matmul_gflops"] = projection_matmul_gflops(
+                projection_shapes(encoder.llm),
+                max(1, round(setting.batch_size * executed["train"])),
+                torch.bfloat16 if llm_bf16 else torch.float32,
+            )
     if phase in ("inference", "all"):
         model.eval()
         probe = MatmulProbe()
@@ -381,6 +422,8 @@ __all__ = [
     "GATED_MLP_MODEL_TYPES",
     "BenchmarkSetting",
     "MatmulProbe",
+    "projection_matmul_gflops",
+    "projection_shapes",
     "build_model",
     "llm_forward_flops",
     "machine_info",

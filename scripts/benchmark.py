@@ -146,6 +146,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 during = train.get("matmul_probe_gflops_train", {}).get(row["llm_precision"])
                 if during:
                     row["llm_utilisation_of_probe"] = row["llm_train_gflops"] / during
+                # And against the rate of its own projection shapes timed alone (the setting's arithmetic ceiling).
+                if row.get("llm_projection_matmul_gflops"):
+                    row["llm_utilisation_of_projections"] = (
+                        row["llm_train_gflops"] / row["llm_projection_matmul_gflops"]
+                    )
         reference = ORIGINAL_REFERENCE.get((setting.backbone, setting.llm_width, setting.precision))
         if reference and setting.llm_layers == 6 and setting.batch_size == 24:
             row["original"] = reference
@@ -202,6 +207,11 @@ def format_table(report: dict) -> str:
         )
         if "llm_utilisation_of_probe" in row:
             util += f"; {100 * row['llm_utilisation_of_probe']:.0f}% of probe"
+        if "llm_utilisation_of_projections" in row:
+            util += (
+                f"; {100 * row['llm_utilisation_of_projections']:.0f}% of its own matrix shapes "
+                f"({row['llm_projection_matmul_gflops']:.0f})"
+            )
         share = f"{100 * row['share_outside_llm']:.0f}%" if "share_outside_llm" in row else "-"
         probe = row.get("matmul_probe_gflops_train", {})
         during = f"{probe['fp32']:.0f} / {probe['bf16']:.0f}" if {"fp32", "bf16"} <= set(probe) else "-"

@@ -11,7 +11,7 @@ from conftest import REPO_ROOT, tiny_llama_config
 from transformers import AutoModel, BertConfig, GPT2Config
 from transformers.pytorch_utils import Conv1D
 
-from balm_hf.benchmarking import BenchmarkSetting, llm_forward_flops
+from balm_hf.benchmarking import BenchmarkSetting, llm_forward_flops, projection_matmul_gflops, projection_shapes
 from balm_hf.configuration_balm_tsf import BalmTsfConfig
 
 
@@ -39,6 +39,7 @@ def test_benchmark_script_runs_end_to_end_on_a_tiny_configuration(tmp_path):
         assert row["train_samples_per_s"] > 0 and row["inference_samples_per_s_bs8"] > 0
         assert row["trainable_parameters"] < row["total_parameters"]
         assert row["peak_rss_mb_train"] > 0 and 0 < row["share_outside_llm"] <= 1
+        assert row["llm_projection_matmul_gflops"] > 0 and row["llm_utilisation_of_projections"] > 0
         for phase in ("train", "inference"):  # what the machine delivered while each phase ran
             assert set(row[f"matmul_probe_gflops_{phase}"]) == {"fp32", "bf16"}
             assert min(row[f"matmul_probe_gflops_{phase}"].values()) > 0
@@ -104,3 +105,21 @@ def test_config_overrides_reach_the_setting_and_unknown_keys_are_refused():
         script.parse_config_overrides(["trim_last_blocks=false"])
     with pytest.raises(SystemExit, match="KEY=VALUE"):
         script.parse_config_overrides(["trim_last_block"])
+
+
+@pytest.mark.parametrize(
+    ("llm_config", "expected"),
+    [
+        (GPT2Config(n_layer=2, n_embd=32, n_head=2), [(32, 96), (32, 32), (32, 128), (128, 32)]),
+        (
+            BertConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=64),
+            [(32, 32), (32, 32), (32, 32), (32, 32), (32, 64), (64, 32)],
+        ),
+        (tiny_llama_config(), [(32, 32), (32, 16), (32, 16), (32, 32), (32, 64), (32, 64), (64, 32)]),
+    ],
+    ids=["gpt2", "bert", "llama"],
+)
+def test_projection_shapes_are_read_from_the_first_block(llm_config, expected):
+    llm = AutoModel.from_config(llm_config)
+    assert projection_shapes(llm) == expected
+    assert projection_matmul_gflops(expected, rows=8, dtype=torch.float32, repeats=1) > 0
