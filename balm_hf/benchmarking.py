@@ -363,6 +363,68 @@ def measure(setting: BenchmarkSetting, phase: str = "all") -> dict[str, Any]:
     return result
 
 
+def measure_interleaved(settings: list[BenchmarkSetting], rounds: int = 10, warmup: int = 2) -> list[dict[str, Any]]:
+    r"""
+    Training and inference throughput (batch `batch_size`) of several settings measured side by side in one process:
+    each round runs one training step of every setting in turn, then one inference batch of every setting, so that
+    all of them see the same state of the machine. Medians over `rounds` rounds after `warmup` untimed ones. Use it for
+    A/B ratios on machines whose speed drifts; the models share the process, so peak memory is not measured.
+    """
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    runs: list[tuple[BenchmarkSetting, Any, dict[str, torch.Tensor], Any, dict[str, list[float]]]] = []
+    for setting in settings:
+        torch.manual_seed(0)
+        model = build_model(setting)
+        model.to(device)  # type: ignore[arg-type]
+        batch = _synthetic_batch(setting, setting.batch_size)
+        if setting.mode == "fast":
+            tokenizer = model.tokenizer
+            if tokenizer is None:
+                raise ValueError("the benchmarked model has no tokenizer")
+            batch.update(prepare_prompt_inputs(batch["past_values"], model.config, tokenizer))
+        batch = {key: value.to(device) for key, value in batch.items()}
+        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        runs.append((setting, model, batch, optimizer, {"train": [], "inference": []}))
+
+    def train_step(setting: BenchmarkSetting, model: Any, batch: dict[str, torch.Tensor], optimizer: Any) -> None:
+        model.train()
+        with _autocast(setting):
+            loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def infer(setting: BenchmarkSetting, model: Any, batch: dict[str, torch.Tensor]) -> None:
+        model.eval()
+        with torch.no_grad(), _autocast(setting):
+            model(**{key: value for key, value in batch.items() if key != "future_values"})
+
+    for round_index in range(warmup + rounds):
+        for phase in ("train", "inference"):
+            for setting, model, batch, optimizer, timings in runs:
+                start = time.perf_counter()
+                if phase == "train":
+                    train_step(setting, model, batch, optimizer)
+                else:
+                    infer(setting, model, batch)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                if round_index >= warmup:
+                    timings[phase].append(time.perf_counter() - start)
+    results = []
+    for setting, _, _, _, timings in runs:
+        size = setting.batch_size
+        results.append(
+            {
+                "setting": asdict(setting),
+                "train_samples_per_s": size / statistics.median(timings["train"]),
+                f"inference_samples_per_s_bs{size}": size / statistics.median(timings["inference"]),
+                "rounds": rounds,
+            }
+        )
+    return results
+
+
 def run_isolated(setting: BenchmarkSetting, phase: str) -> dict[str, Any]:
     """Run [`measure`] in a fresh Python process so that its peak memory is its own."""
     code = (
@@ -429,5 +491,6 @@ __all__ = [
     "machine_info",
     "matmul_peak_gflops",
     "measure",
+    "measure_interleaved",
     "run_isolated",
 ]

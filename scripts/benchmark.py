@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 
@@ -19,6 +20,7 @@ from balm_hf.benchmarking import (  # noqa: E402
     iter_settings,
     machine_info,
     matmul_peak_gflops,
+    measure_interleaved,
     run_isolated,
 )
 from balm_hf.training import apply_overrides  # noqa: E402
@@ -74,6 +76,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="BalmTsfConfig override applied on top of the mode's switches (e.g. trim_last_block=false for an A/B)",
     )
     parser.add_argument(
+        "--versus",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="instead of the isolated runs, measure each setting and the same setting with these BalmTsfConfig "
+        "overrides side by side, step by step in one process (A/B ratios that machine drift does not move), e.g. "
+        "the straightforward path: --versus trim_last_block=false --versus fast_dropout=false "
+        "--versus use_prefix_cache=false",
+    )
+    parser.add_argument("--rounds", type=int, default=10, help="interleaved rounds of --versus (median reported)")
+    parser.add_argument(
         "--output", type=Path, default=None, help="JSON file to write (e.g. results/benchmark_cpu.json)"
     )
     return parser.parse_args(argv)
@@ -111,6 +124,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "fp32": matmul_peak_gflops(__import__("torch").float32),
         "bf16": matmul_peak_gflops(__import__("torch").bfloat16),
     }
+    if args.versus:
+        return run_versus(args, common, parse_config_overrides(args.versus), peaks)
     rows = []
     for setting in iter_settings(args.backbones, args.modes, args.precisions, **common):
         train = run_isolated(setting, "train")
@@ -170,6 +185,43 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(format_row(row), flush=True)
     report = {"machine": machine_info(), "matmul_peak_gflops": peaks, "command": " ".join(sys.argv), "rows": rows}
     print(format_table(report))
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(report, indent=2))
+    return rows
+
+
+def run_versus(args: argparse.Namespace, common: dict, overrides: dict, peaks: dict) -> list[dict]:
+    """Each setting (A) against itself with `overrides` (B), interleaved step by step in one process."""
+    rows = []
+    lines = [
+        f"A/B interleaved in one process, {args.rounds} rounds; B = A with {json.dumps(overrides)}",
+        "| backbone | mode | precision | A train /s | B train /s | A/B train | A infer /s | B infer /s | A/B infer |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    batch = args.batch_size
+    for setting in iter_settings(args.backbones, args.modes, args.precisions, **common):
+        other = BenchmarkSetting(**{**asdict(setting), "extra": {**setting.extra, **overrides}})
+        a, b = measure_interleaved([setting, other], rounds=args.rounds, warmup=args.warmup)
+        infer_key = f"inference_samples_per_s_bs{batch}"
+        row = {
+            "setting": a["setting"],
+            "versus_overrides": overrides,
+            "a": a,
+            "b": b,
+            "train_ratio": a["train_samples_per_s"] / b["train_samples_per_s"],
+            "inference_ratio": a[infer_key] / b[infer_key],
+        }
+        rows.append(row)
+        s = setting
+        name = f"{s.backbone} {s.llm_layers}x{s.llm_width}" if s.backbone == "gpt2-shape" else s.backbone
+        lines.append(
+            f"| {name} | {s.mode} | {s.precision} | {a['train_samples_per_s']:.1f} | {b['train_samples_per_s']:.1f} | "
+            f"{row['train_ratio']:.2f} | {a[infer_key]:.1f} | {b[infer_key]:.1f} | {row['inference_ratio']:.2f} |"
+        )
+        print(lines[-1], flush=True)
+    print("\n".join(lines))
+    report = {"machine": machine_info(), "matmul_peak_gflops": peaks, "command": " ".join(sys.argv), "versus": rows}
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(report, indent=2))

@@ -48,6 +48,25 @@ def test_benchmark_script_runs_end_to_end_on_a_tiny_configuration(tmp_path):
     assert report["matmul_peak_gflops"]["fp32"] > 0 and report["machine"]["cpu_count"] >= 1
 
 
+def test_versus_measures_a_setting_against_its_overrides_side_by_side(tmp_path):
+    output = tmp_path / "versus.json"
+    rows = _load_script().main(
+        [
+            "--llm-width", "32", "--llm-layers", "2", "--d-ff", "16", "--warmup", "0", "--rounds", "2",
+            "--batch-size", "4", "--context-length", "64", "--prediction-length", "16", "--precisions", "fp32",
+            "--modes", "paper", "--versus", "trim_last_block=false", "--versus", "fast_dropout=false",
+            "--output", str(output),
+        ]
+    )  # fmt: skip
+    (row,) = json.loads(output.read_text())["versus"]
+    assert row["versus_overrides"] == {"trim_last_block": False, "fast_dropout": False} == rows[0]["versus_overrides"]
+    assert row["b"]["setting"]["extra"] == {"trim_last_block": False, "fast_dropout": False}
+    assert row["a"]["setting"]["extra"] == {}
+    for side in ("a", "b"):
+        assert row[side]["train_samples_per_s"] > 0 and row[side]["inference_samples_per_s_bs4"] > 0
+    assert row["train_ratio"] == row["a"]["train_samples_per_s"] / row["b"]["train_samples_per_s"]
+
+
 def test_llm_flops_follow_the_transformer_formula():
     config = BalmTsfConfig(llm_config={"model_type": "gpt2", "n_embd": 768, "n_head": 12}, llm_layers=6)
     tokens = 89
