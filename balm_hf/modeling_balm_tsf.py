@@ -289,8 +289,11 @@ class _MaskedScale(torch.autograd.Function):
 
 
 def fast_dropout(values: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
-    """`F.dropout(values, p, training)`, with the mask of [`bernoulli_keep_mask`] for CPU tensors."""
-    if not training or p == 0.0 or p == 1.0 or values.device.type != "cpu":
+    """
+    `F.dropout(values, p, training)`, with the mask of [`bernoulli_keep_mask`] for CPU tensors (under `torch.compile`,
+    PyTorch's dropout, which the compiler fuses with its own random numbers).
+    """
+    if not training or p == 0.0 or p == 1.0 or values.device.type != "cpu" or torch.compiler.is_compiling():
         return F.dropout(values, p, training)
     return _MaskedScale.apply(values, bernoulli_keep_mask(values.shape, p), 1.0 / (1.0 - p))
 
@@ -330,7 +333,7 @@ def sdpa_with_fast_dropout(
     draws the mask with `bernoulli_`; this computes the same attention (scores, masks, softmax in float32, dropout of
     the probabilities, weighted values) with the mask of [`bernoulli_keep_mask`].
     """
-    if dropout_p == 0.0 or query.device.type != "cpu":
+    if dropout_p == 0.0 or query.device.type != "cpu" or torch.compiler.is_compiling():
         return F.scaled_dot_product_attention(
             query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
             enable_gqa=enable_gqa,
@@ -371,7 +374,12 @@ def _fast_dropout_attention_forward(
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """transformers' `sdpa` attention with the CPU training dropout of [`sdpa_with_fast_dropout`] (`balm_tsf_sdpa`)."""
-    if dropout == 0.0 or query.device.type != "cpu" or kwargs.get("position_bias") is not None:
+    if (
+        dropout == 0.0
+        or query.device.type != "cpu"
+        or kwargs.get("position_bias") is not None
+        or torch.compiler.is_compiling()
+    ):
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
         )

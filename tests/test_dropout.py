@@ -171,3 +171,15 @@ def test_fast_dropout_changes_nothing_in_eval_and_trains_every_trainable_paramet
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in fast.parameters() if p.requires_grad)
     torch.manual_seed(0)
     assert torch.equal(fast(past_values=past, future_values=future).loss, first.loss)  # seeded like torch's dropout
+
+
+def test_under_torch_compile_the_dropout_is_pytorchs_and_traces_without_graph_breaks():
+    values = torch.randn(4, 8, 16)
+    query, key, value = _attention_inputs()
+    dropout = torch.compile(lambda x: fast_dropout(x, 0.1), backend="eager", fullgraph=True)
+    attention = torch.compile(
+        lambda q, k, v: sdpa_with_fast_dropout(q, k, v, dropout_p=0.1), backend="eager", fullgraph=True
+    )
+    kept = dropout(values) != 0
+    assert 0.7 < kept.float().mean().item() < 1.0
+    assert attention(query, key, value).shape == query.shape
