@@ -264,7 +264,7 @@ def bernoulli_keep_mask(shape: tuple[int, ...] | torch.Size, p: float) -> torch.
 
     Every entry compares 31 random bits with `round(p * 2**31)`, so the keep probability is `1 - p` up to 2^-31. The
     bits come from NumPy's PCG64, seeded by one draw of PyTorch's default generator (`torch.manual_seed` makes the
-    masks reproducible). That takes about 2 ns per entry on the CPU, where `torch.bernoulli_` takes about 15.
+    masks reproducible). Drawing them takes about 2 ns per entry on the CPU, where `torch.bernoulli_` takes about 15.
     """
     numel = math.prod(shape)
     seed = int(torch.randint(0, 2**62, (), dtype=torch.int64).item())
