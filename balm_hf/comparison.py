@@ -705,11 +705,13 @@ def render_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     """The markdown table of one comparison (one dataset, lookback and horizon); rows carry their `run` metadata."""
     first = rows[0]
     runs = list({json.dumps(row["run"], sort_keys=True): row["run"] for row in rows}.values())
+    machines = list(dict.fromkeys(run["machine"] for run in runs))
+    machine = f"Machine: {machines[0]}" if len(machines) == 1 else f"Machines: {', '.join(machines)} (per run below)"
     lines = [
         f"### {first['dataset']}, L={first['context_length']}, H={first['prediction_length']}",
         "",
         f"Test split: all {first['test_windows']} windows x every channel = {first['test_items']} items, scaled with "
-        f"train-split statistics. Machine: {runs[0]['machine']}.",
+        f"train-split statistics. {machine}.",
         "",
     ]
     for index, run in enumerate(runs, start=1):

@@ -25,6 +25,7 @@ from balm_hf.comparison import (
     build_comparison_model,
     model_label,
     read_results,
+    render_markdown,
     run_comparison,
     update_readme,
 )
@@ -227,3 +228,22 @@ def test_both_balm_variants_get_their_prompts_from_the_collator_and_baselines_do
             inside = model(past_values=batch["past_values"]).prediction_outputs
             torch.testing.assert_close(model(**batch).prediction_outputs, inside, rtol=0, atol=0)
     assert "prompt_input_ids" not in build_collator(build_comparison_model(settings, "dlinear"))(items)
+
+
+def test_a_table_from_runs_on_two_machines_names_both() -> None:
+    settings = ComparisonSettings(prediction_length=HORIZON, context_length=CONTEXT)
+    base = {
+        "dataset": "ETTh1", "context_length": CONTEXT, "prediction_length": HORIZON, "test_windows": 2,
+        "test_items": 14, "mse": 0.5, "mae": 0.5, "trainable_parameters": 0, "train_wall_time_s": 0.0,
+        "inference_samples_per_s": 1.0, "stop_reason": "not trained", "caps": {},
+    }  # fmt: skip
+    rows = [
+        {**base, "model": "naive", "label": "Naive", "run": {"machine": "2-core CPU (A)", "command": "a",
+                                                             "git_revision": "1", "date": "d"}},
+        {**base, "model": "seasonal_naive", "label": "Seasonal", "run": {"machine": "2-core CPU (B)", "command": "b",
+                                                                        "git_revision": "2", "date": "d"}},
+    ]  # fmt: skip
+    text = render_markdown(rows)
+    assert "Machines: 2-core CPU (A), 2-core CPU (B) (per run below)" in text
+    assert "Machine: 2-core CPU (A)." in render_markdown(rows[:1])
+    assert settings.stem == f"ETTh1_L{CONTEXT}_H{HORIZON}"
