@@ -120,6 +120,7 @@ RESULT_FIELDS = (
     "inference_wall_time_s",
     "learning_rate",
     "batch_size",
+    "gradient_accumulation_steps",
     "train_items_per_epoch",
     "train_items_total",
     "validation_items",
@@ -173,7 +174,11 @@ class ComparisonSettings:
         learning_rates (`dict[str, float]`, *optional*):
             Per-model learning rates overriding the defaults (paper rates for BALM-TSF, [`BASELINE_LEARNING_RATES`]).
         batch_sizes (`dict[str, int]`, *optional*):
-            Per-model training batch sizes overriding [`DEFAULT_BATCH_SIZES`].
+            Per-model training batch sizes (items per forward pass) overriding [`DEFAULT_BATCH_SIZES`].
+        gradient_accumulation_steps (`dict[str, int]`, *optional*):
+            Per-model number of batches whose gradients make one optimizer step (default 1). The paper trains
+            BALM-TSF on 4 GPUs of 24 items each, one step per 96 items with the InfoNCE negatives inside each
+            24-item batch; `{"balm_tsf": 4}` with batch 24 is that on one process.
         eval_batch_size (`int`, *optional*, defaults to 128):
             Items per forward pass in validation, test and the inference timing.
         max_epochs (`int`, *optional*, defaults to 100):
@@ -220,6 +225,7 @@ class ComparisonSettings:
     patchtst_config: dict[str, Any] = field(default_factory=dict)
     learning_rates: dict[str, float] = field(default_factory=dict)
     batch_sizes: dict[str, int] = field(default_factory=dict)
+    gradient_accumulation_steps: dict[str, int] = field(default_factory=dict)
     eval_batch_size: int = 128
     max_epochs: int = 100
     patience: int = 10
@@ -244,7 +250,13 @@ class ComparisonSettings:
             raise ValueError(f"`patience` must be a positive integer, got {self.patience!r}")
         if self.num_workers < 0:
             raise ValueError(f"`num_workers` must be non-negative, got {self.num_workers!r}")
-        for name in ("learning_rates", "batch_sizes", "max_train_items_per_epoch", "max_validation_items"):
+        for name in (
+            "learning_rates",
+            "batch_sizes",
+            "gradient_accumulation_steps",
+            "max_train_items_per_epoch",
+            "max_validation_items",
+        ):
             for key, value in getattr(self, name).items():
                 if key != "*" and key not in TRAINED_MODELS:
                     raise ValueError(f"`{name}` names {key!r}, which is not a trained model ({TRAINED_MODELS})")
@@ -277,6 +289,11 @@ class ComparisonSettings:
     def batch_size(self, model: str) -> int:
         explicit = self.per_model("batch_sizes", model)
         return int(explicit) if explicit is not None else DEFAULT_BATCH_SIZES[model]
+
+    def accumulation(self, model: str) -> int:
+        """Batches per optimizer step of a trained model."""
+        explicit = self.per_model("gradient_accumulation_steps", model)
+        return int(explicit) if explicit is not None else 1
 
     @property
     def stem(self) -> str:
@@ -465,6 +482,7 @@ def _training_arguments(
         optim="adamw_torch",
         weight_decay=0.0,  # Adam
         per_device_train_batch_size=settings.batch_size(model) if trained else 1,
+        gradient_accumulation_steps=settings.accumulation(model) if trained else 1,
         per_device_eval_batch_size=settings.eval_batch_size,
         num_train_epochs=settings.max_epochs,
         seed=settings.seed,
@@ -591,6 +609,7 @@ def run_model(settings: ComparisonSettings, model_name: str, splits: Any) -> dic
             stop_reason=stop_reason,
             learning_rate=settings.learning_rate(model_name),
             batch_size=settings.batch_size(model_name),
+            gradient_accumulation_steps=settings.accumulation(model_name),
             train_items_per_epoch=items_per_epoch,
             train_items_total=int(round(items_per_epoch * epochs_run)),
             validation_items=len(validation),
@@ -734,6 +753,8 @@ def render_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
             best = row.get("best_epoch")
             epochs = f"{_format_number(float(row['epochs_run']), 2)} ({_format_number(best, 0)})"
             rate = f"{row['learning_rate']:g} / {row['batch_size']}"
+            if row.get("gradient_accumulation_steps", 1) > 1:
+                rate += f" x {row['gradient_accumulation_steps']}"
         lines.append(
             f"| {row['label']} | {row['mse']:.3f} | {row['mae']:.3f} | {row['trainable_parameters']:,} "
             f"| {_format_number(float(row['train_wall_time_s']), 0)} | {epochs} "

@@ -74,6 +74,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--patchtst-config", action="append", metavar="KEY=VALUE", help="PatchTSTConfig argument")
     parser.add_argument("--learning-rate", action="append", metavar="[MODEL=]LR")
     parser.add_argument("--batch-size", action="append", metavar="[MODEL=]N")
+    parser.add_argument(
+        "--gradient-accumulation-steps",
+        action="append",
+        metavar="[MODEL=]N",
+        help="batches per optimizer step (balm_tsf=4 with batch 24: the paper's 4 GPUs x 24 on one process)",
+    )
     parser.add_argument("--eval-batch-size", type=int, default=128)
     parser.add_argument("--max-epochs", type=int, default=100)
     parser.add_argument("--patience", type=int, default=10)
@@ -118,6 +124,9 @@ def main(argv: list[str] | None = None) -> None:
             patchtst_config=_key_values(args.patchtst_config, "--patchtst-config"),
             learning_rates=_per_model(args.learning_rate, float, "--learning-rate"),
             batch_sizes=_per_model(args.batch_size, int, "--batch-size"),
+            gradient_accumulation_steps=_per_model(
+                args.gradient_accumulation_steps, int, "--gradient-accumulation-steps"
+            ),
             eval_batch_size=args.eval_batch_size,
             max_epochs=args.max_epochs,
             patience=args.patience,

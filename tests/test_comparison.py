@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -247,3 +248,30 @@ def test_a_table_from_runs_on_two_machines_names_both() -> None:
     assert "Machines: 2-core CPU (A), 2-core CPU (B) (per run below)" in text
     assert "Machine: 2-core CPU (A)." in render_markdown(rows[:1])
     assert settings.stem == f"ETTh1_L{CONTEXT}_H{HORIZON}"
+
+
+def test_gradient_accumulation_makes_one_optimizer_step_per_accumulated_batches(workspace: Path) -> None:
+    def steps_of_first_epoch(folder: str, accumulation: int) -> tuple[int, int]:
+        settings = ComparisonSettings(
+            dataset=str(workspace / "etth1_short.csv"),
+            context_length=CONTEXT,
+            prediction_length=HORIZON,
+            models=("dlinear",),
+            max_epochs=1,
+            batch_sizes={"dlinear": 8},
+            gradient_accumulation_steps={"dlinear": accumulation},
+            output_dir=str(workspace / folder),
+            command="test",
+        )
+        (row,) = run_comparison(settings, log=lambda message: None)
+        assert row["gradient_accumulation_steps"] == accumulation
+        text = (workspace / folder / f"{settings.stem}.md").read_text()
+        assert ("0.005 / 8 x 4" in text) == (accumulation == 4)
+        (checkpoint,) = (workspace / folder / "checkpoints" / settings.stem / "dlinear").glob("checkpoint-*")
+        return int(checkpoint.name.split("-")[1]), row["train_items_per_epoch"]
+
+    plain, items = steps_of_first_epoch("accumulation_1", 1)
+    accumulated, _ = steps_of_first_epoch("accumulation_4", 4)
+    assert plain == math.ceil(items / 8) and accumulated == math.ceil(plain / 4)
+    with pytest.raises(ValueError, match="gradient_accumulation_steps"):
+        ComparisonSettings(gradient_accumulation_steps={"naive": 2})
