@@ -76,7 +76,8 @@ BALM_DEFAULT_LEARNING_RATE = 0.01
 # schedule over 100 epochs, which under per-epoch halving and few epochs barely trains, so 1e-3 (the upper end of
 # the range PatchTST users pick) is the default here.
 BASELINE_LEARNING_RATES = {"dlinear": 0.005, "patchtst": 0.001}
-# Batch sizes: the paper's 24 for both BALM-TSF variants, DLinear's scripts' 32, and 32 for PatchTST: its scripts
+# Batch sizes: the paper's per-GPU 24 for both BALM-TSF variants (its 4 GPUs make 96 per optimizer step:
+# `gradient_accumulation_steps={"balm_tsf": 4}`), DLinear's scripts' 32, and 32 for PatchTST: its scripts
 # use 128 over 100 full epochs, which under per-epoch halving with capped epochs leaves few optimizer steps. (On ETTh1
 # a first run with 128 and one with 32 scored about the same; see `results/compare/README.md`.)
 DEFAULT_BATCH_SIZES = {"balm_tsf": 24, "balm_tsf_smollm2": 24, "balm_tsf_no_llm": 24, "patchtst": 32, "dlinear": 32}
