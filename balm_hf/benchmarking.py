@@ -275,6 +275,7 @@ def measure(setting: BenchmarkSetting, phase: str = "all") -> dict[str, Any]:
         "setting": asdict(setting),
         "phase": phase,
         "llm_dtype": config.llm_dtype,
+        "text_branch": config.text_branch,
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "total_parameters": sum(p.numel() for p in model.parameters()),
     }
@@ -342,7 +343,7 @@ def measure(setting: BenchmarkSetting, phase: str = "all") -> dict[str, Any]:
             )
     if phase in ("inference", "all"):
         model.eval()
-        probe = MatmulProbe()
+        probe_rates: dict[str, list[float]] = {}  # all inference batch sizes together
         for batch_size in setting.inference_batch_sizes:
             inference_batch = _synthetic_batch(setting, batch_size, seed=1)
             if setting.mode == "fast":
@@ -355,11 +356,26 @@ def measure(setting: BenchmarkSetting, phase: str = "all") -> dict[str, Any]:
                 if device.type == "cuda":
                     torch.cuda.synchronize()
 
-            seconds = _median_seconds(infer, max(3, setting.steps // 2), max(1, setting.warmup), before_each=probe)
+            batch_probe = MatmulProbe()
+            repeats, warmup = max(3, setting.steps // 2), max(1, setting.warmup)
+            seconds = _median_seconds(infer, repeats, warmup, before_each=batch_probe)
             result[f"inference_samples_per_s_bs{batch_size}"] = batch_size / seconds
-        result["matmul_probe_gflops_inference"] = probe.medians()
+            result[f"matmul_probe_gflops_inference_bs{batch_size}"] = batch_probe.medians()
+            for name, rates in batch_probe.rates.items():
+                probe_rates.setdefault(name, []).extend(rates)
+            del batch_probe  # its operands must not add to the next batch size's peak memory
+        result["matmul_probe_gflops_inference"] = {name: statistics.median(r) for name, r in probe_rates.items() if r}
         result["llm_inference_gflop_per_sample"] = llm_forward_flops(config, executed["inference"], trimmed) / 1e9
     result.update(_peak_memory_mb())
+    if phase in ("inference", "all") and config.text_branch == "llm":
+        # The arithmetic ceiling of each inference batch's projection shapes, after the peak memory was read (the
+        # operands at batch 256 are a few hundred MB).
+        for batch_size in setting.inference_batch_sizes:
+            result[f"llm_projection_matmul_gflops_inference_bs{batch_size}"] = projection_matmul_gflops(
+                projection_shapes(encoder.llm),
+                max(1, round(batch_size * executed["inference"])),
+                torch.bfloat16 if setting.precision == "bf16" or config.llm_dtype == "bfloat16" else torch.float32,
+            )
     return result
 
 

@@ -135,11 +135,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
             **{
                 k: v
                 for k, v in inference.items()
-                if k.startswith(("inference", "llm_inf", "matmul_probe_gflops_inference"))
+                if k.startswith(
+                    ("inference", "llm_inf", "matmul_probe_gflops_inference", "llm_projection_matmul_gflops_inference")
+                )
             },
         }
         row["peak_rss_mb_train"] = train["peak_rss_mb"]
         row["peak_rss_mb_inference"] = inference["peak_rss_mb"]
+        if row["text_branch"] == "llm":
+            add_inference_utilisation(row, peaks)
         if not args.no_llm_share:
             twin = BenchmarkSetting(
                 **{
@@ -191,6 +195,29 @@ def main(argv: list[str] | None = None) -> list[dict]:
     return rows
 
 
+def add_inference_utilisation(row: dict, peaks: dict) -> None:
+    r"""
+    The LLM's achieved GFLOP/s at inference for every measured batch size, and its share of the square matmul peak, of
+    the probe run while that batch size was timed, and of its own projection shapes at that batch's rows. The whole
+    eval forward's time counts (no no-LLM twin at inference), so these shares are lower bounds.
+    """
+    llm_bf16 = row["setting"]["precision"] == "bf16" or row["llm_dtype"] == "bfloat16"
+    precision = "bf16" if llm_bf16 else "fp32"
+    for batch_size in row["setting"]["inference_batch_sizes"]:
+        rate = row.get(f"inference_samples_per_s_bs{batch_size}")
+        if not rate:
+            continue
+        achieved = row["llm_inference_gflop_per_sample"] * rate
+        row[f"llm_inference_gflops_bs{batch_size}"] = achieved
+        row[f"llm_inference_utilisation_bs{batch_size}"] = achieved / peaks[precision]
+        during = row.get(f"matmul_probe_gflops_inference_bs{batch_size}", {}).get(precision)
+        if during:
+            row[f"llm_inference_utilisation_of_probe_bs{batch_size}"] = achieved / during
+        ceiling = row.get(f"llm_projection_matmul_gflops_inference_bs{batch_size}")
+        if ceiling:
+            row[f"llm_inference_utilisation_of_projections_bs{batch_size}"] = achieved / ceiling
+
+
 def run_versus(args: argparse.Namespace, common: dict, overrides: dict, peaks: dict) -> list[dict]:
     """Each setting (A) against itself with `overrides` (B), interleaved step by step in one process."""
     rows = []
@@ -237,15 +264,30 @@ def format_row(row: dict) -> str:
     )
 
 
+def format_inference_utilisation(row: dict) -> str:
+    """`bs N: GFLOP/s (x% of peak; y% of probe; z% of its own matrix shapes)` for each inference batch size."""
+    parts = []
+    for batch_size in row["setting"]["inference_batch_sizes"]:
+        achieved = row.get(f"llm_inference_gflops_bs{batch_size}")
+        if achieved is None:
+            continue
+        shares = [f"{100 * row[f'llm_inference_utilisation_bs{batch_size}']:.0f}% of peak"]
+        for key, label in (("of_probe", "probe"), ("of_projections", "own shapes")):
+            if f"llm_inference_utilisation_{key}_bs{batch_size}" in row:
+                shares.append(f"{100 * row[f'llm_inference_utilisation_{key}_bs{batch_size}']:.0f}% of {label}")
+        parts.append(f"bs {batch_size}: {achieved:.0f} ({'; '.join(shares)})")
+    return ", ".join(parts) or "-"
+
+
 def format_table(report: dict) -> str:
     peaks = report["matmul_peak_gflops"]
     lines = [
         f"matmul peak: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s; "
         f"machine: {report['machine']['processor']} x{report['machine']['cpu_count']}",
         "| backbone | mode | precision | LLM tokens | train samples/s | infer bs24 /s | infer bs256 /s | "
-        "peak RSS train/infer MB | outside-LLM share | LLM GFLOP/s (util.) | matmul probe fp32/bf16 during train | "
-        "x original (same prec.) | x original fp32 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "peak RSS train/infer MB | outside-LLM share | LLM GFLOP/s (util.) | LLM GFLOP/s at inference (util.) | "
+        "matmul probe fp32/bf16 during train | x original (same prec.) | x original fp32 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["rows"]:
         s = row["setting"]
@@ -265,6 +307,7 @@ def format_table(report: dict) -> str:
                 f"({row['llm_projection_matmul_gflops']:.0f})"
             )
         share = f"{100 * row['share_outside_llm']:.0f}%" if "share_outside_llm" in row else "-"
+        infer_util = format_inference_utilisation(row)
         probe = row.get("matmul_probe_gflops_train", {})
         during = f"{probe['fp32']:.0f} / {probe['bf16']:.0f}" if {"fp32", "bf16"} <= set(probe) else "-"
         same = (
@@ -281,8 +324,8 @@ def format_table(report: dict) -> str:
             f"| {name} | {s['mode']} | {s['precision']} | {row['llm_tokens_per_series']} | "
             f"{row['train_samples_per_s']:.1f} | {row.get('inference_samples_per_s_bs24', float('nan')):.1f} | "
             f"{row.get('inference_samples_per_s_bs256', float('nan')):.1f} | "
-            f"{row['peak_rss_mb_train']:.0f}/{row['peak_rss_mb_inference']:.0f} | {share} | {util} | {during} | "
-            f"{same} | {fp32} |"
+            f"{row['peak_rss_mb_train']:.0f}/{row['peak_rss_mb_inference']:.0f} | {share} | {util} | {infer_util} | "
+            f"{during} | {same} | {fp32} |"
         )
     return "\n".join(lines)
 

@@ -40,6 +40,19 @@ def test_benchmark_script_runs_end_to_end_on_a_tiny_configuration(tmp_path):
         assert row["trainable_parameters"] < row["total_parameters"]
         assert row["peak_rss_mb_train"] > 0 and 0 < row["share_outside_llm"] <= 1
         assert row["llm_projection_matmul_gflops"] > 0 and row["llm_utilisation_of_projections"] > 0
+        for batch_size in (4, 8):  # the LLM's rate at inference against the peak, the probe and its own shapes
+            achieved = row[f"llm_inference_gflops_bs{batch_size}"]
+            rate = row[f"inference_samples_per_s_bs{batch_size}"]
+            assert achieved == pytest.approx(row["llm_inference_gflop_per_sample"] * rate)
+            precision = "bf16" if row["llm_dtype"] == "bfloat16" else "fp32"
+            assert row[f"llm_inference_utilisation_bs{batch_size}"] == pytest.approx(
+                achieved / report["matmul_peak_gflops"][precision]
+            )
+            probe = row[f"matmul_probe_gflops_inference_bs{batch_size}"][precision]
+            assert row[f"llm_inference_utilisation_of_probe_bs{batch_size}"] == pytest.approx(achieved / probe)
+            ceiling = row[f"llm_projection_matmul_gflops_inference_bs{batch_size}"]
+            assert row[f"llm_inference_utilisation_of_projections_bs{batch_size}"] == pytest.approx(achieved / ceiling)
+        assert row["llm_inference_gflops_bs8"] != row["llm_inference_gflops_bs4"]  # each batch size measured apart
         for phase in ("train", "inference"):  # what the machine delivered while each phase ran
             assert set(row[f"matmul_probe_gflops_{phase}"]) == {"fp32", "bf16"}
             assert min(row[f"matmul_probe_gflops_{phase}"].values()) > 0
