@@ -271,10 +271,14 @@ def measure(setting: BenchmarkSetting, phase: str = "all") -> dict[str, Any]:
     if setting.compile:
         model.model.text_encoder.llm = torch.compile(model.model.text_encoder.llm, dynamic=True)
     config = model.config
+    # The backbone runs in bf16 under bf16 autocast or with `llm_dtype="bfloat16"` (fast mode).
+    llm_precision = "bf16" if setting.precision == "bf16" or config.llm_dtype == "bfloat16" else "fp32"
+    llm_matmul_dtype = torch.bfloat16 if llm_precision == "bf16" else torch.float32
     result: dict[str, Any] = {
         "setting": asdict(setting),
         "phase": phase,
         "llm_dtype": config.llm_dtype,
+        "llm_precision": llm_precision,
         "text_branch": config.text_branch,
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "total_parameters": sum(p.numel() for p in model.parameters()),
@@ -335,11 +339,8 @@ def measure(setting: BenchmarkSetting, phase: str = "all") -> dict[str, Any]:
         # Training runs the LLM forward and its input-gradient backward: about twice the forward FLOPs.
         result["llm_train_gflop_per_sample"] = 2 * llm_forward_flops(config, executed["train"], trimmed) / 1e9
         if config.text_branch == "llm":
-            llm_bf16 = setting.precision == "bf16" or config.llm_dtype == "bfloat16"
             result["llm_projection_matmul_gflops"] = projection_matmul_gflops(
-                projection_shapes(encoder.llm),
-                max(1, round(setting.batch_size * executed["train"])),
-                torch.bfloat16 if llm_bf16 else torch.float32,
+                projection_shapes(encoder.llm), max(1, round(setting.batch_size * executed["train"])), llm_matmul_dtype
             )
     if phase in ("inference", "all"):
         model.eval()
@@ -372,9 +373,7 @@ def measure(setting: BenchmarkSetting, phase: str = "all") -> dict[str, Any]:
         # operands at batch 256 are a few hundred MB).
         for batch_size in setting.inference_batch_sizes:
             result[f"llm_projection_matmul_gflops_inference_bs{batch_size}"] = projection_matmul_gflops(
-                projection_shapes(encoder.llm),
-                max(1, round(batch_size * executed["inference"])),
-                torch.bfloat16 if setting.precision == "bf16" or config.llm_dtype == "bfloat16" else torch.float32,
+                projection_shapes(encoder.llm), max(1, round(batch_size * executed["inference"])), llm_matmul_dtype
             )
     return result
 

@@ -157,9 +157,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
             row["share_outside_llm"] = min(outside / row["train_step_s"], 1.0)
             if llm_seconds > 0:  # timing noise can make the difference meaningless on tiny models
                 row["llm_train_gflops"] = row["llm_train_gflop_per_sample"] * setting.batch_size / llm_seconds
-                # The backbone runs in bf16 under bf16 autocast or with `llm_dtype="bfloat16"` (fast mode).
-                llm_bf16 = setting.precision == "bf16" or row["llm_dtype"] == "bfloat16"
-                row["llm_precision"] = "bf16" if llm_bf16 else "fp32"
                 row["llm_utilisation"] = row["llm_train_gflops"] / peaks[row["llm_precision"]]
                 # The same against what the matmul probe delivered while this setting trained.
                 during = train.get("matmul_probe_gflops_train", {}).get(row["llm_precision"])
@@ -201,8 +198,7 @@ def add_inference_utilisation(row: dict, peaks: dict) -> None:
     the probe run while that batch size was timed, and of its own projection shapes at that batch's rows. The whole
     eval forward's time counts (no no-LLM twin at inference), so these shares are lower bounds.
     """
-    llm_bf16 = row["setting"]["precision"] == "bf16" or row["llm_dtype"] == "bfloat16"
-    precision = "bf16" if llm_bf16 else "fp32"
+    precision = row["llm_precision"]
     for batch_size in row["setting"]["inference_batch_sizes"]:
         rate = row.get(f"inference_samples_per_s_bs{batch_size}")
         if not rate:

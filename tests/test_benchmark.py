@@ -44,7 +44,8 @@ def test_benchmark_script_runs_end_to_end_on_a_tiny_configuration(tmp_path):
             achieved = row[f"llm_inference_gflops_bs{batch_size}"]
             rate = row[f"inference_samples_per_s_bs{batch_size}"]
             assert achieved == pytest.approx(row["llm_inference_gflop_per_sample"] * rate)
-            precision = "bf16" if row["llm_dtype"] == "bfloat16" else "fp32"
+            precision = row["llm_precision"]
+            assert precision == ("bf16" if row["llm_dtype"] == "bfloat16" else "fp32")  # fp32 runs: the LLM's dtype
             assert row[f"llm_inference_utilisation_bs{batch_size}"] == pytest.approx(
                 achieved / report["matmul_peak_gflops"][precision]
             )
