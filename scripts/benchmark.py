@@ -153,20 +153,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 }
             )
             outside = run_isolated(twin, "train")["train_step_s"]
-            llm_seconds = row["train_step_s"] - outside
-            row["share_outside_llm"] = min(outside / row["train_step_s"], 1.0)
-            if llm_seconds > 0:  # timing noise can make the difference meaningless on tiny models
-                row["llm_train_gflops"] = row["llm_train_gflop_per_sample"] * setting.batch_size / llm_seconds
-                row["llm_utilisation"] = row["llm_train_gflops"] / peaks[row["llm_precision"]]
-                # The same against what the matmul probe delivered while this setting trained.
-                during = train.get("matmul_probe_gflops_train", {}).get(row["llm_precision"])
-                if during:
-                    row["llm_utilisation_of_probe"] = row["llm_train_gflops"] / during
-                # And against the rate of its own projection shapes timed alone (the setting's arithmetic ceiling).
-                if row.get("llm_projection_matmul_gflops"):
-                    row["llm_utilisation_of_projections"] = (
-                        row["llm_train_gflops"] / row["llm_projection_matmul_gflops"]
-                    )
+            add_training_utilisation(row, outside, setting.batch_size, peaks)
         reference = ORIGINAL_REFERENCE.get((setting.backbone, setting.llm_width, setting.precision))
         if reference and setting.llm_layers == 6 and setting.batch_size == 24:
             row["original"] = reference
@@ -190,6 +177,26 @@ def main(argv: list[str] | None = None) -> list[dict]:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(report, indent=2))
     return rows
+
+
+def add_training_utilisation(row: dict, outside_step_s: float, batch_size: int, peaks: dict) -> None:
+    r"""
+    The LLM's share of a training step and, from the step time it adds over the no-LLM twin (`outside_step_s`), its
+    achieved GFLOP/s against the square matmul peak, the probe run while the setting trained, and its own projection
+    shapes. On tiny models timing noise can make the twin as slow as the full model; then only the share is recorded,
+    because a rate from a non-positive time difference means nothing.
+    """
+    llm_seconds = row["train_step_s"] - outside_step_s
+    row["share_outside_llm"] = min(outside_step_s / row["train_step_s"], 1.0)
+    if llm_seconds <= 0:
+        return
+    row["llm_train_gflops"] = row["llm_train_gflop_per_sample"] * batch_size / llm_seconds
+    row["llm_utilisation"] = row["llm_train_gflops"] / peaks[row["llm_precision"]]
+    during = row.get("matmul_probe_gflops_train", {}).get(row["llm_precision"])
+    if during:
+        row["llm_utilisation_of_probe"] = row["llm_train_gflops"] / during
+    if row.get("llm_projection_matmul_gflops"):
+        row["llm_utilisation_of_projections"] = row["llm_train_gflops"] / row["llm_projection_matmul_gflops"]
 
 
 def add_inference_utilisation(row: dict, peaks: dict) -> None:
@@ -256,7 +263,11 @@ def format_row(row: dict) -> str:
     return (
         f"{s['backbone']}({s['llm_layers']}x{s['llm_width'] if s['backbone'] == 'gpt2-shape' else ''}) "
         f"{s['mode']}/{s['precision']}: train {row['train_samples_per_s']:.1f}/s, "
-        f"infer {row.get('inference_samples_per_s_bs24', float('nan')):.1f}/s"
+        + ", ".join(
+            f"infer bs{b} {row[f'inference_samples_per_s_bs{b}']:.1f}/s"
+            for b in s["inference_batch_sizes"]
+            if f"inference_samples_per_s_bs{b}" in row
+        )
     )
 
 
