@@ -116,6 +116,8 @@ RESULT_FIELDS = (
     "epochs_run",
     "best_epoch",
     "best_validation_mse",
+    "test_mse_min_over_epochs",
+    "test_min_epoch",
     "stop_reason",
     "inference_samples_per_s",
     "inference_wall_time_s",
@@ -210,6 +212,12 @@ class ComparisonSettings:
             early-stopping state and epoch count restored), so that a long run can be done in pieces, e.g. one time
             budget per session. The results row then reports the wall time and epochs of all pieces together and
             `pieces`. Without a checkpoint the model trains from scratch.
+        test_every_epoch (`bool`, *optional*, defaults to `False`):
+            Also evaluate the whole test split after every epoch (as the original implementation reports it), next to
+            the validation split. Early stopping and the tested checkpoint still follow validation MSE only; the row
+            gains `test_per_epoch` (epoch, validation MSE, test MSE/MAE of that epoch's weights) and the minimum over
+            epochs, `test_mse_min_over_epochs` at `test_min_epoch`: what picking the epoch on the test split would
+            report. Costs one test pass per epoch.
         command (`str`, *optional*):
             The command line recorded with the results; defaults to this process's.
     """
@@ -239,6 +247,7 @@ class ComparisonSettings:
     output_dir: str = "results/compare"
     work_dir: str | None = None
     resume: bool = False
+    test_every_epoch: bool = False
     command: str | None = None
 
     def __post_init__(self) -> None:
@@ -458,12 +467,52 @@ class TimeBudgetCallback(TrainerCallback):
 PROGRESS_FILE = "comparison_progress.json"  # wall time and number of pieces of a run trained with `resume`
 
 
-def _best_epoch(log_history: Sequence[Mapping[str, Any]]) -> tuple[float | None, float | None]:
-    evaluations = [entry for entry in log_history if "eval_mse" in entry]
+VALIDATION_KEY, TEST_KEY = "validation", "test"  # eval-dataset names when the test split is evaluated every epoch
+
+
+def _best_epoch(log_history: Sequence[Mapping[str, Any]], key: str = "eval_mse") -> tuple[float | None, float | None]:
+    evaluations = [entry for entry in log_history if key in entry]
     if not evaluations:
         return None, None
-    best = min(evaluations, key=lambda entry: entry["eval_mse"])
-    return best.get("epoch"), float(best["eval_mse"])
+    best = min(evaluations, key=lambda entry: entry[key])
+    return best.get("epoch"), float(best[key])
+
+
+def per_epoch_tests(log_history: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    r"""
+    The per-epoch test evaluations of a run with `test_every_epoch` (from the Trainer's `log_history`): one entry per
+    epoch with `epoch`, `validation_mse` (of the same epoch), `test_mse` and `test_mae`.
+    """
+    validation = {
+        entry["epoch"]: float(entry[f"eval_{VALIDATION_KEY}_mse"])
+        for entry in log_history
+        if f"eval_{VALIDATION_KEY}_mse" in entry
+    }
+    return [
+        {
+            "epoch": entry["epoch"],
+            "validation_mse": validation.get(entry["epoch"]),
+            "test_mse": float(entry[f"eval_{TEST_KEY}_mse"]),
+            "test_mae": float(entry[f"eval_{TEST_KEY}_mae"]),
+        }
+        for entry in log_history
+        if f"eval_{TEST_KEY}_mse" in entry
+    ]
+
+
+class ValidationEarlyStoppingCallback(EarlyStoppingCallback):
+    r"""
+    `EarlyStoppingCallback` that counts only the evaluations carrying `metric_for_best_model`: with several eval
+    datasets the Trainer calls `on_evaluate` once per dataset, and the stock callback would warn on the others that
+    early stopping is disabled (it is not).
+    """
+
+    # EarlyStoppingCallback's own signature (it names `metrics`, which TrainerCallback passes in its kwargs)
+    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        metric = args.metric_for_best_model
+        if (metric if metric.startswith("eval_") else f"eval_{metric}") not in metrics:
+            return None
+        return super().on_evaluate(args, state, control, metrics, **kwargs)
 
 
 def _timed_forecasts(trainer: BalmTsfTrainer, dataset: Any) -> tuple[ForecastOutput, float]:
@@ -473,7 +522,7 @@ def _timed_forecasts(trainer: BalmTsfTrainer, dataset: Any) -> tuple[ForecastOut
 
 
 def _training_arguments(
-    settings: ComparisonSettings, model: str, output_dir: Path, trained: bool
+    settings: ComparisonSettings, model: str, output_dir: Path, trained: bool, best_metric: str = "mse"
 ) -> TrainingArguments:
     workers = settings.num_workers if model.startswith("balm_tsf") else 0
     return TrainingArguments(
@@ -492,7 +541,7 @@ def _training_arguments(
         logging_strategy="steps",
         logging_steps=50,
         load_best_model_at_end=trained,
-        metric_for_best_model="mse",
+        metric_for_best_model=best_metric,
         greater_is_better=False,
         save_total_limit=2,
         label_names=["future_values"],
@@ -530,7 +579,9 @@ def run_model(settings: ComparisonSettings, model_name: str, splits: Any) -> dic
     model = build_comparison_model(settings, model_name)
     trainable, total = count_parameters(model)
     work_dir = Path(settings.work_dir or Path(settings.output_dir) / "checkpoints") / settings.stem / model_name
-    args = _training_arguments(settings, model_name, work_dir, trained)
+    test_each_epoch = trained and settings.test_every_epoch
+    best_metric = f"{VALIDATION_KEY}_mse" if test_each_epoch else "mse"
+    args = _training_arguments(settings, model_name, work_dir, trained, best_metric)
     collator = build_collator(model)
     row: dict[str, Any] = {
         "model": model_name,
@@ -561,7 +612,7 @@ def run_model(settings: ComparisonSettings, model_name: str, splits: Any) -> dic
     if trained:
         max_validation = settings.per_model("max_validation_items", model_name)
         validation = subsample_evenly(splits["validation"], max_validation)
-        callbacks: list[TrainerCallback] = [EarlyStoppingCallback(early_stopping_patience=settings.patience)]
+        callbacks: list[TrainerCallback] = [ValidationEarlyStoppingCallback(early_stopping_patience=settings.patience)]
         budget_minutes = settings.per_model("time_budget_minutes", model_name)
         budget = TimeBudgetCallback(budget_minutes * 60.0) if budget_minutes is not None else None
         if budget is not None:
@@ -572,7 +623,7 @@ def run_model(settings: ComparisonSettings, model_name: str, splits: Any) -> dic
             args=args,
             data_collator=collator,
             train_dataset=splits["train"],
-            eval_dataset=validation,
+            eval_dataset={VALIDATION_KEY: validation, TEST_KEY: splits["test"]} if test_each_epoch else validation,
             compute_metrics=make_compute_metrics(("mse", "mae")),
             callbacks=callbacks,
             paper_lr_scheduler="halving",
@@ -594,7 +645,7 @@ def run_model(settings: ComparisonSettings, model_name: str, splits: Any) -> dic
             notes.append(f"trained in {progress['pieces']} pieces (--resume), wall time summed")
         state = trainer.state
         epochs_run = float(state.epoch or 0.0)
-        best_epoch, best_validation = _best_epoch(state.log_history)
+        best_epoch, best_validation = _best_epoch(state.log_history, f"eval_{best_metric}")
         if budget is not None and budget.stopped:
             stop_reason = "time_budget"
         elif epochs_run < settings.max_epochs - 1e-9:
@@ -618,6 +669,20 @@ def run_model(settings: ComparisonSettings, model_name: str, splits: Any) -> dic
             time_budget_minutes=budget_minutes,
         )
         notes.append("Adam, per-epoch halving, early stopping on validation MSE, best checkpoint tested")
+        if test_each_epoch:
+            tests = per_epoch_tests(state.log_history)
+            lowest = min(tests, key=lambda entry: entry["test_mse"])
+            row.update(
+                test_per_epoch=tests,
+                test_mse_min_over_epochs=lowest["test_mse"],
+                test_min_epoch=lowest["epoch"],
+            )
+            notes.append(
+                "whole test split also evaluated after every epoch (--test-every-epoch), test MSE by epoch: "
+                + ", ".join(f"{entry['epoch']:g}: {entry['test_mse']:.4f}" for entry in tests)
+                + f"; lowest {lowest['test_mse']:.4f} at epoch {lowest['epoch']:g} (selected on the test split, "
+                "not the reported result)"
+            )
     else:
         trainer = BalmTsfTrainer(model=model, args=args, data_collator=collator)
         row.update(train_wall_time_s=0.0, epochs_run=0, stop_reason="not trained")

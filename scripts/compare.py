@@ -97,6 +97,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="continue each trained model from its last checkpoint in the work dir (run a long training in pieces)",
     )
     parser.add_argument(
+        "--test-every-epoch",
+        action="store_true",
+        help="also test the whole test split after every epoch, as the original reports it (early stopping and the "
+        "reported result still follow validation)",
+    )
+    parser.add_argument(
         "--update-readme",
         action="store_true",
         help="only regenerate the tables in <output-dir>/README.md from the results files there, then exit",
@@ -138,6 +144,7 @@ def main(argv: list[str] | None = None) -> None:
             num_workers=args.num_workers,
             output_dir=args.output_dir,
             work_dir=args.work_dir,
+            test_every_epoch=args.test_every_epoch,
             resume=args.resume,
             command=command,
         )

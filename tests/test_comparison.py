@@ -275,3 +275,75 @@ def test_gradient_accumulation_makes_one_optimizer_step_per_accumulated_batches(
     assert plain == math.ceil(items / 8) and accumulated == math.ceil(plain / 4)
     with pytest.raises(ValueError, match="gradient_accumulation_steps"):
         ComparisonSettings(gradient_accumulation_steps={"naive": 2})
+
+
+def test_test_every_epoch_reports_each_epochs_test_and_leaves_training_and_the_result_unchanged(
+    workspace: Path,
+) -> None:
+    common = dict(
+        dataset=str(workspace / "etth1_short.csv"),
+        context_length=CONTEXT,
+        prediction_length=HORIZON,
+        models=("dlinear",),
+        max_epochs=3,
+        patience=5,
+        command="test",
+    )
+    (plain,) = run_comparison(ComparisonSettings(**common, output_dir=str(workspace / "plain")), log=lambda m: None)
+    settings = ComparisonSettings(**common, output_dir=str(workspace / "each_epoch"), test_every_epoch=True)
+    (row,) = run_comparison(settings, log=lambda message: None)
+    assert "test_per_epoch" not in plain and "test_mse_min_over_epochs" not in plain
+
+    tests = row["test_per_epoch"]
+    assert [entry["epoch"] for entry in tests] == [1.0, 2.0, 3.0]
+    # Early stopping and the tested checkpoint still follow validation: same run, same result as without the flag.
+    assert row["best_epoch"] == plain["best_epoch"] and row["mse"] == pytest.approx(plain["mse"], rel=1e-6)
+    assert row["best_validation_mse"] == pytest.approx(min(entry["validation_mse"] for entry in tests))
+    best = next(entry for entry in tests if entry["epoch"] == row["best_epoch"])
+    assert best["validation_mse"] == pytest.approx(row["best_validation_mse"])
+    # The per-epoch test of the best epoch is the reported whole-test result (same weights, same items).
+    assert best["test_mse"] == pytest.approx(row["mse"], rel=1e-5)
+    assert best["test_mae"] == pytest.approx(row["mae"], rel=1e-5)
+    lowest = min(tests, key=lambda entry: entry["test_mse"])
+    assert row["test_mse_min_over_epochs"] == lowest["test_mse"] and row["test_min_epoch"] == lowest["epoch"]
+    saved = read_results(workspace / "each_epoch" / f"{settings.stem}.json")[0]
+    assert saved["test_per_epoch"] == tests
+    with (workspace / "each_epoch" / f"{settings.stem}.csv").open() as handle:
+        (flat,) = list(csv.DictReader(handle))
+    assert float(flat["test_mse_min_over_epochs"]) == pytest.approx(lowest["test_mse"])
+    assert "test MSE by epoch: 1: " in (workspace / "each_epoch" / f"{settings.stem}.md").read_text()
+
+
+def test_compare_script_tests_balm_tsf_every_epoch(workspace: Path) -> None:
+    output = workspace / "balm_each_epoch"
+    argv = [
+        "--dataset",
+        str(workspace / "etth1_short.csv"),
+        "--context-length",
+        str(CONTEXT),
+        "--prediction-length",
+        str(HORIZON),
+        "--backbone",
+        str(workspace / "backbone"),
+        *[arg for item in TINY_BALM for arg in ("--balm-config", item)],
+        "--models",
+        "balm_tsf",
+        "--max-epochs",
+        "2",
+        "--max-train-items-per-epoch",
+        "48",
+        "--num-workers",
+        "0",
+        "--test-every-epoch",
+        "--output-dir",
+        str(output),
+        "--work-dir",
+        str(workspace / "balm_each_epoch_checkpoints"),
+    ]
+    assert _load_script().parse_args(argv[:2]).test_every_epoch is False
+    _load_script().main(argv)
+    (row,) = read_results(next(output.glob("*.json")))
+    assert [entry["epoch"] for entry in row["test_per_epoch"]] == [1.0, 2.0]
+    best = next(entry for entry in row["test_per_epoch"] if entry["epoch"] == row["best_epoch"])
+    assert best["test_mse"] == pytest.approx(row["mse"], rel=1e-5)
+    assert "--test-every-epoch" in row["run"]["command"]
