@@ -54,6 +54,21 @@ def _load_script():
     return module
 
 
+def _tiny_cli_args(workspace: Path) -> list[str]:
+    """`scripts/compare.py` arguments of the tiny setting: the short CSV, L and H, the tiny backbone and BALM-TSF."""
+    return [
+        "--dataset",
+        str(workspace / "etth1_short.csv"),
+        "--context-length",
+        str(CONTEXT),
+        "--prediction-length",
+        str(HORIZON),
+        "--backbone",
+        str(workspace / "backbone"),
+        *[arg for item in TINY_BALM for arg in ("--balm-config", item)],
+    ]
+
+
 def _naive_mse_by_hand(csv_path: Path) -> float:
     """Last-value forecast MSE on the 70/10/20 test split, scaled with train statistics: numpy only."""
     values = pd.read_csv(csv_path).drop(columns="date").to_numpy(dtype=np.float64)
@@ -73,15 +88,7 @@ def _naive_mse_by_hand(csv_path: Path) -> float:
 def test_comparison_script_writes_every_model_row_and_naive_mse_matches_numpy(workspace: Path) -> None:
     output = workspace / "results"
     argv = [
-        "--dataset",
-        str(workspace / "etth1_short.csv"),
-        "--context-length",
-        str(CONTEXT),
-        "--prediction-length",
-        str(HORIZON),
-        "--backbone",
-        str(workspace / "backbone"),
-        *[arg for item in TINY_BALM for arg in ("--balm-config", item)],
+        *_tiny_cli_args(workspace),
         "--patchtst-config",
         "d_model=8",
         "--max-epochs",
@@ -317,15 +324,7 @@ def test_test_every_epoch_reports_each_epochs_test_and_leaves_training_and_the_r
 def test_compare_script_tests_balm_tsf_every_epoch(workspace: Path) -> None:
     output = workspace / "balm_each_epoch"
     argv = [
-        "--dataset",
-        str(workspace / "etth1_short.csv"),
-        "--context-length",
-        str(CONTEXT),
-        "--prediction-length",
-        str(HORIZON),
-        "--backbone",
-        str(workspace / "backbone"),
-        *[arg for item in TINY_BALM for arg in ("--balm-config", item)],
+        *_tiny_cli_args(workspace),
         "--models",
         "balm_tsf",
         "--max-epochs",
