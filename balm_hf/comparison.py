@@ -438,6 +438,8 @@ class TimeBudgetCallback(TrainerCallback):
     r"""
     Stops training at the first epoch boundary (after that epoch's validation and checkpoint) where the elapsed time
     plus the duration of the epoch just finished would exceed `budget_s`, so that the next epoch would overrun it.
+    After the last epoch training ends anyway, so the budget is not counted as having stopped it (`stopped` stays
+    `False` and the run is reported as stopped by its epoch limit).
 
     Args:
         budget_s (`float`): training budget in seconds (training and validation).
@@ -457,6 +459,8 @@ class TimeBudgetCallback(TrainerCallback):
         self._epoch_start = time.perf_counter()
 
     def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if state.max_steps and state.global_step >= state.max_steps:
+            return control  # the last epoch: there is no next epoch for the budget to stop
         now = time.perf_counter()
         if now - self._start + (now - self._epoch_start) > self.budget_s:
             control.should_training_stop = True

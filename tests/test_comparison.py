@@ -159,6 +159,23 @@ def test_time_budget_stops_at_the_first_epoch_boundary_and_is_reported(workspace
     assert "| etth1_short L=64 H=16 | - | " in text and "no result" not in text
 
 
+def test_a_run_that_reaches_max_epochs_is_not_reported_as_stopped_by_its_time_budget(workspace: Path) -> None:
+    """The budget would stop training after the last epoch too, but that epoch ends the run anyway."""
+    settings = ComparisonSettings(
+        dataset=str(workspace / "etth1_short.csv"),
+        context_length=CONTEXT,
+        prediction_length=HORIZON,
+        models=("dlinear",),
+        max_epochs=1,
+        time_budget_minutes={"dlinear": 1e-6},
+        output_dir=str(workspace / "budget_last_epoch"),
+        command="test",
+    )
+    (row,) = run_comparison(settings, log=lambda message: None)
+    assert row["epochs_run"] == 1 and row["stop_reason"] == "max_epochs"
+    assert "stopped by max_epochs" in (workspace / "budget_last_epoch" / f"{settings.stem}.md").read_text()
+
+
 def test_smollm2_row_is_optional_and_labels_name_the_backbone(monkeypatch) -> None:
     assert "balm_tsf_smollm2" in MODEL_NAMES and "balm_tsf_smollm2" not in DEFAULT_MODELS
     assert ComparisonSettings().models == DEFAULT_MODELS
