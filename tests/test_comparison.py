@@ -132,18 +132,24 @@ def test_comparison_script_writes_every_model_row_and_naive_mse_matches_numpy(wo
     assert by_model["naive"]["mse"] == pytest.approx(_naive_mse_by_hand(workspace / "etth1_short.csv"), rel=1e-5)
 
 
-def test_time_budget_stops_at_the_first_epoch_boundary_and_is_reported(workspace: Path) -> None:
+def _dlinear_with_a_tiny_time_budget(workspace: Path, folder: str, max_epochs: int) -> tuple[ComparisonSettings, dict]:
+    """DLinear under a budget that every epoch overruns; returns the settings and the row."""
     settings = ComparisonSettings(
         dataset=str(workspace / "etth1_short.csv"),
         context_length=CONTEXT,
         prediction_length=HORIZON,
         models=("dlinear",),
-        max_epochs=5,
+        max_epochs=max_epochs,
         time_budget_minutes={"dlinear": 1e-6},
-        output_dir=str(workspace / "budget"),
+        output_dir=str(workspace / folder),
         command="test",
     )
     (row,) = run_comparison(settings, log=lambda message: None)
+    return settings, row
+
+
+def test_time_budget_stops_at_the_first_epoch_boundary_and_is_reported(workspace: Path) -> None:
+    settings, row = _dlinear_with_a_tiny_time_budget(workspace, "budget", max_epochs=5)
     assert row["stop_reason"] == "time_budget" and row["epochs_run"] == 1
     assert row["paper_protocol"] is False
     saved = json.loads((workspace / "budget" / f"{settings.stem}.json").read_text())
@@ -161,17 +167,7 @@ def test_time_budget_stops_at_the_first_epoch_boundary_and_is_reported(workspace
 
 def test_a_run_that_reaches_max_epochs_is_not_reported_as_stopped_by_its_time_budget(workspace: Path) -> None:
     """The budget would stop training after the last epoch too, but that epoch ends the run anyway."""
-    settings = ComparisonSettings(
-        dataset=str(workspace / "etth1_short.csv"),
-        context_length=CONTEXT,
-        prediction_length=HORIZON,
-        models=("dlinear",),
-        max_epochs=1,
-        time_budget_minutes={"dlinear": 1e-6},
-        output_dir=str(workspace / "budget_last_epoch"),
-        command="test",
-    )
-    (row,) = run_comparison(settings, log=lambda message: None)
+    settings, row = _dlinear_with_a_tiny_time_budget(workspace, "budget_last_epoch", max_epochs=1)
     assert row["epochs_run"] == 1 and row["stop_reason"] == "max_epochs"
     assert "stopped by max_epochs" in (workspace / "budget_last_epoch" / f"{settings.stem}.md").read_text()
 
