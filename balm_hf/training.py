@@ -78,9 +78,9 @@ ID_COLUMNS = ("window_index", "channel_index")
 PREDICTION_IGNORE_KEYS = [
     f.name for f in dataclasses.fields(BalmTsfForForecastingOutput) if f.name not in ("loss", "prediction_outputs")
 ]
-# Learning-rate schedules of the paper and of the authors' code (`run_main.py`, `utils/tools.py`); any
-# `transformers.SchedulerType` name is accepted as well.
-PAPER_SCHEDULES = ("halving", "original_type1", "original_tst", "original_cos")
+# Learning-rate schedules of the paper and of the authors' code (`run_main.py`, `utils/tools.py`), and PatchTST's
+# own per-epoch decay (for the baseline in `comparison`); any `transformers.SchedulerType` name is accepted as well.
+PAPER_SCHEDULES = ("halving", "original_type1", "original_tst", "original_cos", "patchtst_type3")
 TRANSFORMERS_SCHEDULES = tuple(item.value for item in SchedulerType)
 # `BalmTsfConfig` arguments that the experiment config sets from elsewhere.
 _RESERVED_MODEL_KEYS = {
@@ -347,8 +347,10 @@ class TrainingSettings(_Section):
             runs for `lradj=type1`: constructing its unused `OneCycleLR` sets the rate to `lr / 25` (and Adam's beta1
             to 0.95), which the first halving step then keeps: `lr / 25 * 0.5 ** max(epoch - 2, 0)`.
             `"original_tst"`: `OneCycleLR(max_lr=lr, pct_start=0.2)` over all steps (`lradj=TST`). `"original_cos"`:
-            `CosineAnnealingLR(T_max=20, eta_min=1e-8)` stepped per epoch (`lradj=COS`). Or any
-            `transformers.SchedulerType` name (`"linear"`, `"cosine"`, `"constant"`, ...).
+            `CosineAnnealingLR(T_max=20, eta_min=1e-8)` stepped per epoch (`lradj=COS`). `"patchtst_type3"`: the
+            default of PatchTST's own scripts (`lradj=type3`), `lr` for four epochs, then `0.9` times per epoch:
+            `lr * 0.9 ** max(epoch - 4, 0)`. Or any `transformers.SchedulerType` name (`"linear"`, `"cosine"`,
+            `"constant"`, ...).
         lr_scheduler_kwargs (`dict`, *optional*):
             Extra arguments of a `transformers` scheduler.
         warmup_steps (`int`, *optional*, defaults to 0):
@@ -674,7 +676,8 @@ class EpochLrLambda:
         kind (`str`):
             `"halving"`: `0.5 ** (epoch - 1)`; `"original_type1"`: `0.5 ** max(epoch - 2, 0) / 25`;
             `"original_cos"`: `(eta_min + (1 - eta_min) * (1 + cos(pi * (epoch - 1) / 20)) / 2)` relative to the base
-            rate, with `eta_min = 1e-8 / learning_rate`. `epoch` counts from 1.
+            rate, with `eta_min = 1e-8 / learning_rate`; `"patchtst_type3"`: `0.9 ** max(epoch - 4, 0)`. `epoch`
+            counts from 1.
         steps_per_epoch (`int`):
             Optimizer steps per epoch; step `s` (from 0) is in epoch `s // steps_per_epoch + 1`.
         learning_rate (`float`, *optional*, defaults to 1.0):
@@ -682,8 +685,10 @@ class EpochLrLambda:
     """
 
     def __init__(self, kind: str, steps_per_epoch: int, learning_rate: float = 1.0) -> None:
-        if kind not in ("halving", "original_type1", "original_cos"):
-            raise ValueError(f"`kind` must be 'halving', 'original_type1' or 'original_cos', got {kind!r}")
+        if kind not in ("halving", "original_type1", "original_cos", "patchtst_type3"):
+            raise ValueError(
+                f"`kind` must be 'halving', 'original_type1', 'original_cos' or 'patchtst_type3', got {kind!r}"
+            )
         if steps_per_epoch < 1:
             raise ValueError(f"`steps_per_epoch` must be positive, got {steps_per_epoch}")
         self.kind = kind
@@ -696,6 +701,8 @@ class EpochLrLambda:
             return 0.5**epoch_index
         if self.kind == "original_type1":
             return 0.5 ** max(epoch_index - 1, 0) / 25.0
+        if self.kind == "patchtst_type3":
+            return 0.9 ** max(epoch_index - 3, 0)
         eta_min = 1e-8 / self.learning_rate
         return eta_min + (1.0 - eta_min) * (1.0 + math.cos(math.pi * epoch_index / 20)) / 2.0
 
@@ -707,7 +714,7 @@ def create_paper_scheduler(
     One of the schedules of [`PAPER_SCHEDULES`] (see [`TrainingSettings`]) as a per-step scheduler.
 
     Args:
-        kind (`str`): `"halving"`, `"original_type1"`, `"original_tst"` or `"original_cos"`.
+        kind (`str`): `"halving"`, `"original_type1"`, `"original_tst"`, `"original_cos"` or `"patchtst_type3"`.
         optimizer (`torch.optim.Optimizer`): its current learning rate is the base (peak) rate.
         steps_per_epoch (`int`): optimizer steps per epoch.
         num_training_steps (`int`): total optimizer steps (the one-cycle length of `"original_tst"`).
@@ -787,8 +794,8 @@ class BalmTsfTrainer(Trainer):
     r"""
     The stock `Trainer` plus what it cannot do on its own:
 
-    - the schedules of [`PAPER_SCHEDULES`] (per-epoch halving of the paper, the authors' code's variants), created in
-      `create_scheduler` from the Trainer's own count of optimizer steps per epoch;
+    - the schedules of [`PAPER_SCHEDULES`] (per-epoch halving of the paper, the authors' code's variants, PatchTST's
+      own decay), created in `create_scheduler` from the Trainer's own count of optimizer steps per epoch;
     - logging the two parts of the loss, `mse_loss` and `alignment_loss`, next to the total `loss` (train, averaged
       over the logging interval and the processes) and as `eval_mse_loss`/`eval_alignment_loss`;
     - [`~BalmTsfTrainer.predict_forecasts`]: forecasts of a whole split with the item ids, every item exactly once.

@@ -30,6 +30,7 @@ from balm_hf.comparison import (  # noqa: E402
     run_comparison,
     update_readme,
 )
+from balm_hf.training import PAPER_SCHEDULES  # noqa: E402
 
 
 def _per_model(values: list[str] | None, cast: Any, option: str) -> dict[str, Any]:
@@ -73,6 +74,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--balm-config", action="append", metavar="KEY=VALUE", help="BalmTsfConfig argument")
     parser.add_argument("--patchtst-config", action="append", metavar="KEY=VALUE", help="PatchTSTConfig argument")
     parser.add_argument("--learning-rate", action="append", metavar="[MODEL=]LR")
+    parser.add_argument(
+        "--lr-schedule",
+        action="append",
+        metavar="[MODEL=]KIND",
+        help=f"learning-rate schedule, one of {PAPER_SCHEDULES} (default halving; patchtst=patchtst_type3 with "
+        "--learning-rate patchtst=1e-4 --batch-size patchtst=128 is PatchTST's own ETTh recipe)",
+    )
     parser.add_argument("--batch-size", action="append", metavar="[MODEL=]N")
     parser.add_argument(
         "--gradient-accumulation-steps",
@@ -129,6 +137,7 @@ def main(argv: list[str] | None = None) -> None:
             balm_config=_key_values(args.balm_config, "--balm-config"),
             patchtst_config=_key_values(args.patchtst_config, "--patchtst-config"),
             learning_rates=_per_model(args.learning_rate, float, "--learning-rate"),
+            lr_schedules=_per_model(args.lr_schedule, str, "--lr-schedule"),
             batch_sizes=_per_model(args.batch_size, int, "--batch-size"),
             gradient_accumulation_steps=_per_model(
                 args.gradient_accumulation_steps, int, "--gradient-accumulation-steps"

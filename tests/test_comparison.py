@@ -297,6 +297,39 @@ def test_gradient_accumulation_makes_one_optimizer_step_per_accumulated_batches(
         ComparisonSettings(gradient_accumulation_steps={"naive": 2})
 
 
+def test_a_per_model_schedule_drives_training_and_is_recorded(workspace: Path) -> None:
+    output = workspace / "schedule"
+    module = _load_script()
+    argv = [
+        *_tiny_cli_args(workspace),
+        "--models",
+        "dlinear",
+        "--max-epochs",
+        "5",
+        "--learning-rate",
+        "dlinear=0.001",
+        "--lr-schedule",
+        "dlinear=patchtst_type3",
+        "--output-dir",
+        str(output),
+    ]
+    module.main(argv)
+    (row,) = json.loads(next(output.glob("*.json")).read_text())["rows"]
+    assert row["lr_schedule"] == "patchtst_type3" and "PatchTST's own schedule" in row["notes"]
+    assert "0.001 / 32 (patchtst_type3)" in next(output.glob("*.md")).read_text()
+    last = max((output / "checkpoints").glob("*/dlinear/checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
+    rates: dict[int, set[float]] = {}
+    for entry in json.loads((last / "trainer_state.json").read_text())["log_history"]:
+        if "learning_rate" in entry and entry["epoch"] % 1:  # logged inside an epoch, not at its boundary
+            rates.setdefault(math.ceil(entry["epoch"]), set()).add(round(entry["learning_rate"], 12))
+    assert rates[1] == rates[4] == {0.001} and rates[5] == {round(0.001 * 0.9, 12)}
+    with pytest.raises(ValueError, match="lr_schedules.*'cyclic'"):
+        ComparisonSettings(lr_schedules={"patchtst": "cyclic"})
+    with pytest.raises(ValueError, match="lr_schedules.*naive"):
+        ComparisonSettings(lr_schedules={"naive": "halving"})
+    assert ComparisonSettings().lr_schedule("patchtst") == "halving"
+
+
 def test_test_every_epoch_reports_each_epochs_test_and_leaves_training_and_the_result_unchanged(
     workspace: Path,
 ) -> None:

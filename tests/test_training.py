@@ -260,6 +260,12 @@ def test_original_schedules_follow_the_authors_code():
     assert int(np.argmax(one_cycle)) == 3  # torch peaks at step pct_start * total_steps - 1 = 0.2 * 20 - 1
 
 
+def test_patchtst_schedule_keeps_the_rate_for_four_epochs_then_decays_by_0_9():
+    # PatchTST's `lradj=type3`: after epoch e (from 1) its code sets `lr if e < 3 else lr * 0.9 ** (e - 3)`.
+    expected = [1e-4] * 4 + [1e-4 * 0.9, 1e-4 * 0.81, 1e-4 * 0.729]
+    np.testing.assert_allclose(_rates("patchtst_type3", 2, 7, lr=1e-4), np.repeat(expected, 2))
+
+
 # -- end-to-end training ----------------------------------------------------------------------------------------------
 
 
