@@ -274,22 +274,17 @@ class ComparisonSettings:
             "gradient_accumulation_steps",
             "max_train_items_per_epoch",
             "max_validation_items",
+            "time_budget_minutes",
+            "lr_schedules",
         ):
             for key, value in getattr(self, name).items():
                 if key != "*" and key not in TRAINED_MODELS:
                     raise ValueError(f"`{name}` names {key!r}, which is not a trained model ({TRAINED_MODELS})")
-                if not value > 0:
+                if name == "lr_schedules":
+                    if value not in PAPER_SCHEDULES:
+                        raise ValueError(f"`lr_schedules[{key!r}]` must be one of {PAPER_SCHEDULES}, got {value!r}")
+                elif not value > 0:
                     raise ValueError(f"`{name}[{key!r}]` must be positive, got {value!r}")
-        for key, value in self.lr_schedules.items():
-            if key != "*" and key not in TRAINED_MODELS:
-                raise ValueError(f"`lr_schedules` names {key!r}, which is not a trained model ({TRAINED_MODELS})")
-            if value not in PAPER_SCHEDULES:
-                raise ValueError(f"`lr_schedules[{key!r}]` must be one of {PAPER_SCHEDULES}, got {value!r}")
-        for key, value in self.time_budget_minutes.items():
-            if key != "*" and key not in TRAINED_MODELS:
-                raise ValueError(f"`time_budget_minutes` names {key!r}, which is not a trained model")
-            if not value > 0:
-                raise ValueError(f"`time_budget_minutes[{key!r}]` must be positive, got {value!r}")
         unknown = set(self.patchtst_config) - set(PatchTSTConfig().to_dict())
         if unknown:
             raise ValueError(f"`patchtst_config` has unknown PatchTSTConfig arguments: {sorted(unknown)}")
@@ -647,6 +642,7 @@ def run_model(settings: ComparisonSettings, model_name: str, splits: Any) -> dic
         if budget is not None:
             callbacks.append(budget)
         cap = settings.per_model("max_train_items_per_epoch", model_name)
+        schedule = settings.lr_schedule(model_name)
         trainer = ComparisonTrainer(
             model=model,
             args=args,
@@ -655,7 +651,7 @@ def run_model(settings: ComparisonSettings, model_name: str, splits: Any) -> dic
             eval_dataset={VALIDATION_KEY: validation, TEST_KEY: splits["test"]} if test_each_epoch else validation,
             compute_metrics=make_compute_metrics(("mse", "mae")),
             callbacks=callbacks,
-            paper_lr_scheduler=settings.lr_schedule(model_name),
+            paper_lr_scheduler=schedule,
             max_train_items_per_epoch=int(cap) if cap is not None else None,
         )
         progress_file = work_dir / PROGRESS_FILE
@@ -689,7 +685,7 @@ def run_model(settings: ComparisonSettings, model_name: str, splits: Any) -> dic
             best_validation_mse=best_validation,
             stop_reason=stop_reason,
             learning_rate=settings.learning_rate(model_name),
-            lr_schedule=settings.lr_schedule(model_name),
+            lr_schedule=schedule,
             batch_size=settings.batch_size(model_name),
             gradient_accumulation_steps=settings.accumulation(model_name),
             train_items_per_epoch=items_per_epoch,
@@ -698,7 +694,6 @@ def run_model(settings: ComparisonSettings, model_name: str, splits: Any) -> dic
             max_epochs=settings.max_epochs,
             time_budget_minutes=budget_minutes,
         )
-        schedule = settings.lr_schedule(model_name)
         notes.append(
             f"Adam, {SCHEDULE_NOTES.get(schedule, schedule)}, early stopping on validation MSE, best checkpoint tested"
         )

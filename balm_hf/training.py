@@ -81,6 +81,8 @@ PREDICTION_IGNORE_KEYS = [
 # Learning-rate schedules of the paper and of the authors' code (`run_main.py`, `utils/tools.py`), and PatchTST's
 # own per-epoch decay (for the baseline in `comparison`); any `transformers.SchedulerType` name is accepted as well.
 PAPER_SCHEDULES = ("halving", "original_type1", "original_tst", "original_cos", "patchtst_type3")
+# Those of them that change the rate once per epoch (`EpochLrLambda`); `original_tst` is a per-step one-cycle.
+EPOCH_SCHEDULES = tuple(kind for kind in PAPER_SCHEDULES if kind != "original_tst")
 TRANSFORMERS_SCHEDULES = tuple(item.value for item in SchedulerType)
 # `BalmTsfConfig` arguments that the experiment config sets from elsewhere.
 _RESERVED_MODEL_KEYS = {
@@ -685,10 +687,8 @@ class EpochLrLambda:
     """
 
     def __init__(self, kind: str, steps_per_epoch: int, learning_rate: float = 1.0) -> None:
-        if kind not in ("halving", "original_type1", "original_cos", "patchtst_type3"):
-            raise ValueError(
-                f"`kind` must be 'halving', 'original_type1', 'original_cos' or 'patchtst_type3', got {kind!r}"
-            )
+        if kind not in EPOCH_SCHEDULES:
+            raise ValueError(f"`kind` must be one of {EPOCH_SCHEDULES}, got {kind!r}")
         if steps_per_epoch < 1:
             raise ValueError(f"`steps_per_epoch` must be positive, got {steps_per_epoch}")
         self.kind = kind
