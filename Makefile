@@ -1,6 +1,6 @@
 .PHONY: style quality typecheck test test-slow
 
-check_dirs := balm_hf scripts tests
+check_dirs := balm_hf research scripts tests
 
 style:
 	ruff format $(check_dirs)

@@ -2,19 +2,21 @@
 
 from transformers import AutoConfig, AutoModel, AutoModelForTimeSeriesPrediction
 
-from .backbones import DEFAULT_BACKBONE, PAPER_BACKBONE, load_backbone
-from .baselines import DLinearConfig, DLinearForForecasting, NaiveForecaster, SeasonalNaiveForecaster
-from .configuration_balm_tsf import BalmTsfConfig
 from .data import BalmTsfDataCollator, BalmTsfPreprocessor, load_forecasting_dataset
 from .forecasting import BalmTsfForecaster, forecast, plot_forecast
 from .hub import push_folder_to_hub, render_model_card, validate_folder
 from .metrics import compute_forecasting_metrics, load_forecasting_metric, make_compute_metrics
-from .modeling_balm_tsf import (
+from .models.balm_tsf import (
+    DEFAULT_BACKBONE,
+    FAST_MODE_SWITCHES,
+    PAPER_BACKBONE,
+    BalmTsfConfig,
     BalmTsfForForecasting,
     BalmTsfForForecastingOutput,
     BalmTsfModel,
     BalmTsfModelOutput,
     BalmTsfPreTrainedModel,
+    load_backbone,
 )
 from .training import BalmTsfTrainer, ExperimentConfig, evaluate_pretrained, load_experiment_config, run_experiment
 
@@ -31,6 +33,7 @@ BalmTsfForForecasting.register_for_auto_class("AutoModelForTimeSeriesPrediction"
 
 __all__ = [
     "DEFAULT_BACKBONE",
+    "FAST_MODE_SWITCHES",
     "PAPER_BACKBONE",
     "BalmTsfConfig",
     "BalmTsfDataCollator",
@@ -42,11 +45,7 @@ __all__ = [
     "BalmTsfPreTrainedModel",
     "BalmTsfPreprocessor",
     "BalmTsfTrainer",
-    "DLinearConfig",
-    "DLinearForForecasting",
     "ExperimentConfig",
-    "NaiveForecaster",
-    "SeasonalNaiveForecaster",
     "compute_forecasting_metrics",
     "evaluate_pretrained",
     "forecast",

@@ -19,7 +19,7 @@ import torch
 import yaml
 from transformers.feature_extraction_utils import FeatureExtractionMixin
 
-from .modeling_balm_tsf import prepare_prompt_inputs
+from .models.balm_tsf.modeling_balm_tsf import prepare_prompt_inputs
 
 
 logger = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from .data import BalmTsfPreprocessor
-from .modeling_balm_tsf import BalmTsfForForecasting
+from .models.balm_tsf.modeling_balm_tsf import BalmTsfForForecasting
 
 
 logger = logging.getLogger(__name__)

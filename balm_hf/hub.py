@@ -24,10 +24,10 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, constan
 from safetensors import SafetensorError, safe_open
 from transformers import AutoTokenizer
 
-from .backbones import PAPER_BACKBONE
-from .configuration_balm_tsf import BalmTsfConfig
 from .data import BalmTsfPreprocessor, get_split_config
-from .modeling_balm_tsf import BalmTsfForForecasting
+from .models.balm_tsf.backbones import PAPER_BACKBONE
+from .models.balm_tsf.configuration_balm_tsf import BalmTsfConfig
+from .models.balm_tsf.modeling_balm_tsf import BalmTsfForForecasting
 from .training import (
     EVAL_RESULTS_CSV,
     EVAL_RESULTS_JSON,

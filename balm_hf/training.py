@@ -33,10 +33,10 @@ from transformers import (
 )
 from transformers.trainer_utils import SchedulerType, get_last_checkpoint
 
-from .configuration_balm_tsf import BalmTsfConfig
 from .data import BalmTsfDataCollator, BalmTsfDatasetDict, get_split_config, load_forecasting_dataset
 from .metrics import compute_forecasting_metrics, make_compute_metrics
-from .modeling_balm_tsf import BalmTsfForForecasting, BalmTsfForForecastingOutput
+from .models.balm_tsf.configuration_balm_tsf import BalmTsfConfig
+from .models.balm_tsf.modeling_balm_tsf import BalmTsfForForecasting, BalmTsfForForecastingOutput
 
 
 logger = logging.getLogger(__name__)

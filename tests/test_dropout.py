@@ -12,8 +12,8 @@ from transformers import BertConfig, GPT2Config
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from balm_hf import BalmTsfForForecasting
-from balm_hf import modeling_balm_tsf as modeling
-from balm_hf.modeling_balm_tsf import (
+from balm_hf.models.balm_tsf import modeling_balm_tsf as modeling
+from balm_hf.models.balm_tsf.modeling_balm_tsf import (
     FAST_DROPOUT_ATTENTION,
     BalmTsfDropout,
     bernoulli_keep_mask,

@@ -262,7 +262,7 @@ def test_trainer_evaluate_reports_metrics_over_every_window(tmp_path, model_name
     from conftest import tiny_model
     from transformers import Trainer, TrainingArguments
 
-    from balm_hf.baselines import DLinearConfig, DLinearForForecasting
+    from research.baselines import DLinearConfig, DLinearForForecasting
 
     if model_name == "dlinear":
         torch.manual_seed(0)

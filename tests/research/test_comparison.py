@@ -1,9 +1,9 @@
-"""End-to-end test of the comparison benchmark (`scripts/compare.py`, `balm_hf.comparison`) on a tiny setting."""
+"""End-to-end test of the comparison benchmark (`research/compare.py`, `research.comparison`) on a tiny setting."""
 
 from __future__ import annotations
 
 import csv
-import importlib.util
+import importlib
 import json
 import math
 from pathlib import Path
@@ -16,7 +16,7 @@ from conftest import DATA_DIR, TOKENIZER_DIR, tiny_llm_config
 from transformers import AutoTokenizer, GPT2Model
 
 from balm_hf import BalmTsfForForecasting
-from balm_hf.comparison import (
+from research.comparison import (
     DEFAULT_MODELS,
     MODEL_NAMES,
     README_END,
@@ -47,15 +47,11 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _load_script():
-    path = Path(__file__).resolve().parents[1] / "scripts" / "compare.py"
-    spec = importlib.util.spec_from_file_location("compare_script", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("research.compare")
 
 
 def _tiny_cli_args(workspace: Path) -> list[str]:
-    """`scripts/compare.py` arguments of the tiny setting: the short CSV, L and H, the tiny backbone and BALM-TSF."""
+    """`research/compare.py` arguments of the tiny setting: the short CSV, L and H, the tiny backbone and BALM-TSF."""
     return [
         "--dataset",
         str(workspace / "etth1_short.csv"),
@@ -112,7 +108,7 @@ def test_comparison_script_writes_every_model_row_and_naive_mse_matches_numpy(wo
     with (output / f"{stem}.csv").open(encoding="utf-8") as handle:
         assert [row["model"] for row in csv.DictReader(handle)] == list(DEFAULT_MODELS)
     markdown = (output / f"{stem}.md").read_text(encoding="utf-8")
-    assert "PatchTST (transformers)" in markdown and "CAPPED" in markdown and "scripts/compare.py" in markdown
+    assert "PatchTST (transformers)" in markdown and "CAPPED" in markdown and "python -m research.compare" in markdown
 
     test_items = 7 * (int(0.2 * ROWS) - HORIZON + 1)
     for row in rows:

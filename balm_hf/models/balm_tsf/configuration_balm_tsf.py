@@ -9,6 +9,19 @@ from transformers import AutoConfig, PretrainedConfig
 
 _PADDING_SIDES = (None, "left", "right")
 _TEXT_BRANCHES = ("llm", "no_llm")
+# The prompt sentences the text branch can write: the paper's, and the same statistics one word each.
+PROMPT_TEMPLATES = ("paper", "compact")
+# The documented fast mode: the switches beyond the paper that make the text branch cheap and batch-independent
+# (each one is described in `BalmTsfConfig`). `BalmTsfConfig(**FAST_MODE_SWITCHES, ...)` builds a fast-mode config.
+FAST_MODE_SWITCHES: dict[str, Any] = {
+    "prompt_attention_mask": True,
+    "prompt_padding_side": "left",
+    "prompt_float_decimals": 2,
+    "prompt_template": "compact",
+    "prompt_stable_lags": True,
+    "use_prefix_cache": True,
+    "llm_dtype": "bfloat16",
+}
 
 
 class BalmTsfConfig(PretrainedConfig):
@@ -219,8 +232,8 @@ class BalmTsfConfig(PretrainedConfig):
             raise ValueError(
                 f"`prompt_float_decimals` must be None or a non-negative integer, got {prompt_float_decimals!r}"
             )
-        if prompt_template not in ("paper", "compact"):
-            raise ValueError(f"`prompt_template` must be 'paper' or 'compact', got {prompt_template!r}")
+        if prompt_template not in PROMPT_TEMPLATES:
+            raise ValueError(f"`prompt_template` must be one of {PROMPT_TEMPLATES}, got {prompt_template!r}")
         if llm_dtype not in (None, "bfloat16"):
             raise ValueError(f"`llm_dtype` must be None or 'bfloat16', got {llm_dtype!r}")
         if init_std is not None and not init_std > 0:
@@ -299,4 +312,4 @@ class BalmTsfConfig(PretrainedConfig):
         return self.d_ff * (self.prompt_length + self.num_patches)
 
 
-__all__ = ["BalmTsfConfig"]
+__all__ = ["FAST_MODE_SWITCHES", "PROMPT_TEMPLATES", "BalmTsfConfig"]

@@ -1,4 +1,4 @@
-"""Throughput, memory and utilisation measurements of BALM-TSF (used by `scripts/benchmark.py`)."""
+"""Throughput, memory and utilisation measurements of BALM-TSF (used by `research/benchmark.py`)."""
 
 from __future__ import annotations
 
@@ -18,20 +18,10 @@ from typing import Any
 
 import torch
 
-from .configuration_balm_tsf import BalmTsfConfig
-from .modeling_balm_tsf import BalmTsfForForecasting, prepare_prompt_inputs
+from balm_hf.models.balm_tsf.configuration_balm_tsf import FAST_MODE_SWITCHES, BalmTsfConfig
+from balm_hf.models.balm_tsf.modeling_balm_tsf import BalmTsfForForecasting, prepare_prompt_inputs
 
 
-# Switches of the documented fast mode (each one is described in `BalmTsfConfig`).
-FAST_MODE_SWITCHES: dict[str, Any] = {
-    "prompt_attention_mask": True,
-    "prompt_padding_side": "left",
-    "prompt_float_decimals": 2,
-    "prompt_template": "compact",
-    "prompt_stable_lags": True,
-    "use_prefix_cache": True,
-    "llm_dtype": "bfloat16",
-}
 MODES = ("paper", "fast")
 PRECISIONS = ("fp32", "bf16")
 
@@ -77,7 +67,7 @@ class BenchmarkSetting:
 
 def _default_tokenizer_dir() -> str:
     """A BERT WordPiece tokenizer that ships offline (the fixture one, else the MiniLM package's)."""
-    from .backbones import resolve_backbone
+    from balm_hf.models.balm_tsf.backbones import resolve_backbone
 
     return resolve_backbone("sentence-transformers/all-MiniLM-L6-v2")
 
@@ -443,7 +433,7 @@ def measure_interleaved(settings: list[BenchmarkSetting], rounds: int = 10, warm
 def run_isolated(setting: BenchmarkSetting, phase: str) -> dict[str, Any]:
     """Run [`measure`] in a fresh Python process so that its peak memory is its own."""
     code = (
-        "import json, sys; from balm_hf.benchmarking import BenchmarkSetting, measure; "
+        "import json, sys; from research.benchmarking import BenchmarkSetting, measure; "
         "s = BenchmarkSetting(**json.loads(sys.argv[1])); "
         "print('@@RESULT@@' + json.dumps(measure(s, sys.argv[2])))"
     )
@@ -495,7 +485,6 @@ def iter_settings(
 
 
 __all__ = [
-    "FAST_MODE_SWITCHES",
     "GATED_MLP_MODEL_TYPES",
     "BenchmarkSetting",
     "MatmulProbe",

@@ -15,7 +15,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from balm_hf import BalmTsfConfig  # noqa: E402
-from balm_hf.benchmarking import (  # noqa: E402
+from balm_hf.training import apply_overrides  # noqa: E402
+from research.benchmarking import (  # noqa: E402
     BenchmarkSetting,
     iter_settings,
     machine_info,
@@ -23,7 +24,6 @@ from balm_hf.benchmarking import (  # noqa: E402
     measure_interleaved,
     run_isolated,
 )
-from balm_hf.training import apply_overrides  # noqa: E402
 
 
 # The original implementation measured on this machine kind (2 CPU cores), batch 24, L=512, H=96 (issue tracker).
@@ -87,7 +87,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--rounds", type=int, default=10, help="interleaved rounds of --versus (median reported)")
     parser.add_argument(
-        "--output", type=Path, default=None, help="JSON file to write (e.g. results/benchmark_cpu.json)"
+        "--output", type=Path, default=None, help="JSON file to write (e.g. research/results/benchmark_cpu.json)"
     )
     return parser.parse_args(argv)
 

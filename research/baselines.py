@@ -13,7 +13,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForTimeSeriesPrediction
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .losses import masked_mse_loss
+from balm_hf.models.balm_tsf.losses import masked_mse_loss
 
 
 _WEIGHT_INITS = ("pytorch", "average")
@@ -85,7 +85,7 @@ class DLinearConfig(PretrainedConfig):
 
     ```python
     >>> import torch
-    >>> from balm_hf.baselines import DLinearConfig, DLinearForForecasting
+    >>> from research.baselines import DLinearConfig, DLinearForForecasting
 
     >>> config = DLinearConfig(context_length=96, prediction_length=24)
     >>> model = DLinearForForecasting(config)
@@ -200,7 +200,7 @@ class DLinearForForecasting(DLinearPreTrainedModel):
 
     ```python
     >>> import torch
-    >>> from balm_hf.baselines import DLinearConfig, DLinearForForecasting
+    >>> from research.baselines import DLinearConfig, DLinearForForecasting
 
     >>> model = DLinearForForecasting(DLinearConfig(context_length=96, prediction_length=24))
     >>> output = model(past_values=torch.randn(8, 96, 1), future_values=torch.randn(8, 24, 1))
@@ -311,7 +311,7 @@ class SeasonalNaiveForecaster(nn.Module):
 
     ```python
     >>> import torch
-    >>> from balm_hf.baselines import SeasonalNaiveForecaster
+    >>> from research.baselines import SeasonalNaiveForecaster
 
     >>> model = SeasonalNaiveForecaster(season_length=2, prediction_length=3)
     >>> model(past_values=torch.tensor([[[1.0], [2.0], [3.0]]])).prediction_outputs[0, :, 0]
@@ -372,7 +372,7 @@ class NaiveForecaster(SeasonalNaiveForecaster):
 
     ```python
     >>> import torch
-    >>> from balm_hf.baselines import NaiveForecaster
+    >>> from research.baselines import NaiveForecaster
 
     >>> NaiveForecaster(prediction_length=2)(past_values=torch.tensor([[[1.0], [5.0]]])).prediction_outputs[0, :, 0]
     tensor([5., 5.])
@@ -383,12 +383,15 @@ class NaiveForecaster(SeasonalNaiveForecaster):
         super().__init__(season_length=1, prediction_length=prediction_length)
 
 
-AutoConfig.register(DLinearConfig.model_type, DLinearConfig, exist_ok=True)
-AutoModel.register(DLinearConfig, DLinearForForecasting, exist_ok=True)
-AutoModelForTimeSeriesPrediction.register(DLinearConfig, DLinearForForecasting, exist_ok=True)
+def register_dlinear() -> None:
+    """Register `dlinear` in the transformers Auto classes (the comparison calls it before it builds DLinear)."""
+    AutoConfig.register(DLinearConfig.model_type, DLinearConfig, exist_ok=True)
+    AutoModel.register(DLinearConfig, DLinearForForecasting, exist_ok=True)
+    AutoModelForTimeSeriesPrediction.register(DLinearConfig, DLinearForForecasting, exist_ok=True)
 
 
 __all__ = [
+    "register_dlinear",
     "DLinearConfig",
     "DLinearForForecasting",
     "DLinearForForecastingOutput",

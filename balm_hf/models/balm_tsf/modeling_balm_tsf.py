@@ -31,7 +31,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 from transformers.models.llama.modeling_llama import rotate_half
 from transformers.utils import ModelOutput
 
-from .configuration_balm_tsf import BalmTsfConfig
+from .configuration_balm_tsf import PROMPT_TEMPLATES, BalmTsfConfig
 from .losses import info_nce_loss, masked_mse_loss
 
 
@@ -146,9 +146,6 @@ def compute_prompt_statistics(
         "trend": x.diff(dim=-1).sum(dim=-1).squeeze(1),
         "lags": lags,
     }
-
-
-PROMPT_TEMPLATES = ("paper", "compact")
 
 
 def format_prompts(

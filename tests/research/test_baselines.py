@@ -8,12 +8,13 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForTimeSeriesPrediction
 
-from balm_hf.baselines import (
+from research.baselines import (
     DLinearConfig,
     DLinearForForecasting,
     DLinearSeriesDecomposition,
     NaiveForecaster,
     SeasonalNaiveForecaster,
+    register_dlinear,
 )
 
 
@@ -135,6 +136,7 @@ def test_save_load_roundtrip_preserves_outputs(tmp_path):
 
 
 def test_auto_classes_resolve_dlinear(tmp_path):
+    register_dlinear()
     model = small_dlinear()
     model.save_pretrained(tmp_path)
     assert isinstance(AutoConfig.from_pretrained(tmp_path), DLinearConfig)

@@ -1,4 +1,4 @@
-"""Side-by-side benchmark of BALM-TSF and the baselines users would pick, on one split protocol (`scripts/compare.py`).
+"""Side-by-side benchmark of BALM-TSF and the baselines users would pick, on one split protocol (`research.compare`).
 
 Every model sees the same splits, scaler and test items (all windows, every channel; SPEC section 3). The trained
 models follow the paper's protocol (SPEC section 4: Adam, the rate halved after every epoch, early stopping on
@@ -37,14 +37,12 @@ from transformers.models.patchtst.modeling_patchtst import PatchTSTForPrediction
 from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import ModelOutput
 
-from .backbones import DEFAULT_BACKBONE, SMOLLM2_BACKBONE
-from .baselines import DLinearConfig, DLinearForForecasting, NaiveForecaster, SeasonalNaiveForecaster
-from .benchmarking import FAST_MODE_SWITCHES, machine_info
-from .configuration_balm_tsf import BalmTsfConfig
-from .data import BalmTsfDataCollator, load_forecasting_dataset
-from .metrics import make_compute_metrics
-from .modeling_balm_tsf import BalmTsfForForecasting
-from .training import (
+from balm_hf.data import BalmTsfDataCollator, load_forecasting_dataset
+from balm_hf.metrics import make_compute_metrics
+from balm_hf.models.balm_tsf.backbones import DEFAULT_BACKBONE, SMOLLM2_BACKBONE
+from balm_hf.models.balm_tsf.configuration_balm_tsf import FAST_MODE_SWITCHES, BalmTsfConfig
+from balm_hf.models.balm_tsf.modeling_balm_tsf import BalmTsfForForecasting
+from balm_hf.training import (
     PAPER_SCHEDULES,
     BalmTsfTrainer,
     ForecastOutput,
@@ -53,6 +51,14 @@ from .training import (
     git_revision,
     subsample_evenly,
 )
+from research.baselines import (
+    DLinearConfig,
+    DLinearForForecasting,
+    NaiveForecaster,
+    SeasonalNaiveForecaster,
+    register_dlinear,
+)
+from research.benchmarking import machine_info
 
 
 # Model keys in table order; the first five are trained, the last two are parameter-free.
@@ -81,7 +87,7 @@ BASELINE_LEARNING_RATES = {"dlinear": 0.005, "patchtst": 0.001}
 # Batch sizes: the paper's per-GPU 24 for both BALM-TSF variants (its 4 GPUs make 96 per optimizer step:
 # `gradient_accumulation_steps={"balm_tsf": 4}`), DLinear's scripts' 32, and 32 for PatchTST: its scripts
 # use 128 over 100 full epochs, which under per-epoch halving with capped epochs leaves few optimizer steps. (On ETTh1
-# a first run with 128 and one with 32 scored about the same; see `results/compare/README.md`.)
+# a first run with 128 and one with 32 scored about the same; see `research/results/compare/README.md`.)
 DEFAULT_BATCH_SIZES = {"balm_tsf": 24, "balm_tsf_smollm2": 24, "balm_tsf_no_llm": 24, "patchtst": 32, "dlinear": 32}
 # PatchTST's ETTh1 setting in its authors' scripts (patch 16, stride 8, 3 layers, d_model 16, 4 heads, FFN 128,
 # dropout 0.3), as a `transformers.PatchTSTConfig`. `pooling_type=None` selects the flatten head of the paper
@@ -172,7 +178,7 @@ class ComparisonSettings:
         backbone (`str`, *optional*):
             Pretrained language model of BALM-TSF (Hub id or local folder); `None` is the offline MiniLM default.
         fast_mode (`bool`, *optional*, defaults to `True`):
-            Apply [`~benchmarking.FAST_MODE_SWITCHES`] to both BALM-TSF variants.
+            Apply [`~balm_hf.FAST_MODE_SWITCHES`] to both BALM-TSF variants.
         balm_config (`dict`, *optional*):
             Other [`BalmTsfConfig`] arguments of both BALM-TSF variants (e.g. `llm_layers`, `d_model`).
         patchtst_config (`dict`, *optional*):
@@ -210,7 +216,7 @@ class ComparisonSettings:
             Seed of every model's initialisation and data order (the paper's).
         num_workers (`int`, *optional*, defaults to 1):
             DataLoader workers of the BALM-TSF variants (they build and tokenise the prompts).
-        output_dir (`str`, *optional*, defaults to `"results/compare"`):
+        output_dir (`str`, *optional*, defaults to `"research/results/compare"`):
             Folder of the results files.
         work_dir (`str`, *optional*):
             Folder of the training checkpoints; defaults to `<output_dir>/checkpoints`.
@@ -252,7 +258,7 @@ class ComparisonSettings:
     season_length: int = 24
     seed: int = 2021
     num_workers: int = 1
-    output_dir: str = "results/compare"
+    output_dir: str = "research/results/compare"
     work_dir: str | None = None
     resume: bool = False
     test_every_epoch: bool = False
@@ -390,6 +396,7 @@ def build_comparison_model(settings: ComparisonSettings, model: str) -> torch.nn
         config = PatchTSTConfig(num_input_channels=1, context_length=length, prediction_length=horizon, **kwargs)
         return PatchTSTForecastingBaseline(config)
     if model == "dlinear":
+        register_dlinear()
         return DLinearForForecasting(DLinearConfig(context_length=length, prediction_length=horizon))
     if model == "naive":
         return NaiveForecaster(prediction_length=horizon)
@@ -912,7 +919,7 @@ PUBLISHED_AVERAGES = {
     "ETTh1": {"BALM-TSF": (0.406, 0.424), "DLinear": (0.418, 0.438), "PatchTST (re-run)": (0.500, 0.483)},
     "ETTh2": {"BALM-TSF": (0.333, 0.384)},
 }
-README_START = "<!-- comparison-tables:start (generated by scripts/compare.py --update-readme) -->"
+README_START = "<!-- comparison-tables:start (generated by research/compare.py --update-readme) -->"
 README_END = "<!-- comparison-tables:end -->"
 
 

@@ -1,8 +1,8 @@
-"""Train and test BALM-TSF and its baselines on the same splits; write `results/compare/<dataset>_L<L>_H<H>.*`.
+"""Train and test BALM-TSF and its baselines on the same splits; write `research/results/compare/<setting>.*`.
 
 Example (ETTh1, L=512, H=96, BALM-TSF capped to fit a CPU):
 
-    python scripts/compare.py --dataset ETTh1 --prediction-length 96 \
+    python -m research.compare --dataset ETTh1 --prediction-length 96 \
         --max-train-items-per-epoch balm_tsf=3000 --max-validation-items balm_tsf=2000 \
         --time-budget-minutes balm_tsf=30
 """
@@ -17,12 +17,8 @@ from typing import Any
 
 import yaml
 
-
-# `scripts/evaluate.py` would shadow the `evaluate` package that `balm_hf.metrics` imports: drop this folder from the
-# import path (Python puts the script's folder first).
-sys.path = [entry for entry in sys.path if Path(entry or ".").resolve() != Path(__file__).resolve().parent]
-
-from balm_hf.comparison import (  # noqa: E402
+from balm_hf.training import PAPER_SCHEDULES  # noqa: E402
+from research.comparison import (  # noqa: E402
     DEFAULT_MODELS,
     MODEL_NAMES,
     ComparisonSettings,
@@ -30,7 +26,6 @@ from balm_hf.comparison import (  # noqa: E402
     run_comparison,
     update_readme,
 )
-from balm_hf.training import PAPER_SCHEDULES  # noqa: E402
 
 
 def _per_model(values: list[str] | None, cast: Any, option: str) -> dict[str, Any]:
@@ -97,7 +92,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--season-length", type=int, default=24)
     parser.add_argument("--seed", type=int, default=2021)
     parser.add_argument("--num-workers", type=int, default=1, help="DataLoader workers of BALM-TSF (prompts)")
-    parser.add_argument("--output-dir", default="results/compare")
+    parser.add_argument("--output-dir", default="research/results/compare")
     parser.add_argument("--work-dir", default=None, help="checkpoint folder (default: <output-dir>/checkpoints)")
     parser.add_argument(
         "--resume",
@@ -123,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.update_readme:
         print(f"updated {update_readme(Path(args.output_dir) / 'README.md', args.output_dir)}")
         return
-    command = shlex.join(["python", "scripts/compare.py", *(sys.argv[1:] if argv is None else argv)])
+    command = shlex.join(["python", "-m", "research.compare", *(sys.argv[1:] if argv is None else argv)])
     try:
         settings = ComparisonSettings(
             dataset=args.dataset,
