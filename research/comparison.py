@@ -37,6 +37,7 @@ from transformers.models.patchtst.modeling_patchtst import PatchTSTForPrediction
 from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import ModelOutput
 
+from balm_hf.artifacts import git_revision
 from balm_hf.data import BalmTsfDataCollator, load_forecasting_dataset
 from balm_hf.metrics import make_compute_metrics
 from balm_hf.models.balm_tsf.backbones import DEFAULT_BACKBONE, SMOLLM2_BACKBONE
@@ -48,9 +49,8 @@ from balm_hf.training import (
     ForecastOutput,
     build_data_collator,
     forecast_metrics_rows,
-    git_revision,
-    subsample_evenly,
 )
+from balm_hf.training.trainer import subsample_evenly
 from research.baselines import (
     DLinearConfig,
     DLinearForForecasting,

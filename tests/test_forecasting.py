@@ -229,7 +229,7 @@ def test_cli_train_and_evaluate_call_the_training_library(tmp_path, monkeypatch,
         return eval_rows(), None
 
     monkeypatch.setattr(training, "run_experiment", fake_run_experiment)
-    monkeypatch.setattr(training, "evaluate_pretrained", fake_evaluate_pretrained)
+    monkeypatch.setattr(training.evaluation, "evaluate_pretrained", fake_evaluate_pretrained)
     experiment = tmp_path / "experiment.yaml"
     experiment.write_text("data:\n  dataset: ETTh1\n  context_length: 64\n  prediction_length: 16\n")
 

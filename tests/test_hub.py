@@ -24,14 +24,9 @@ from huggingface_hub import ModelCard
 
 import balm_hf
 from balm_hf import BalmTsfForForecasting, load_forecasting_dataset, training
+from balm_hf.artifacts import TRAINING_INFO_KEYS, validate_folder
 from balm_hf.cli import main as cli_main
-from balm_hf.hub import (
-    TRAINING_INFO_KEYS,
-    model_card_template_path,
-    push_folder_to_hub,
-    render_model_card,
-    validate_folder,
-)
+from balm_hf.hub import model_card_template_path, push_folder_to_hub, render_model_card
 
 
 CONTEXT_LENGTH, PREDICTION_LENGTH = 64, 16

@@ -19,9 +19,9 @@ import yaml
 from conftest import DATA_DIR, REPO_ROOT, TOKENIZER_DIR, tiny_llm_config
 from transformers import AutoTokenizer, GPT2Model
 
+from balm_hf.artifacts import EVAL_ROW_FIELDS, read_eval_results, write_eval_results
 from balm_hf.data import load_forecasting_dataset
 from balm_hf.training import (
-    EVAL_ROW_FIELDS,
     ExperimentConfig,
     ForecastOutput,
     apply_overrides,
@@ -32,10 +32,8 @@ from balm_hf.training import (
     evaluate_pretrained,
     forecast_metrics_rows,
     load_experiment_config,
-    read_eval_results,
     results_table,
     run_experiment,
-    write_eval_results,
 )
 
 
