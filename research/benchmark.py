@@ -26,7 +26,7 @@ from research.benchmarking import (  # noqa: E402
 )
 
 
-# The original implementation measured on this machine kind (2 CPU cores), batch 24, L=512, H=96 (issue tracker).
+# The original implementation measured on a 2-core CPU of the same kind (Intel Xeon), batch 24, L=512, H=96.
 ORIGINAL_REFERENCE = {
     ("gpt2-shape", 768, "fp32"): {
         "train_samples_per_s": 9.9,

@@ -1,7 +1,7 @@
 """Side-by-side benchmark of BALM-TSF and the baselines users would pick, on one split protocol (`research.compare`).
 
-Every model sees the same splits, scaler and test items (all windows, every channel; SPEC section 3). The trained
-models follow the paper's protocol (SPEC section 4: Adam, the rate halved after every epoch, early stopping on
+Every model sees the same splits, scaler and test items (all windows, every channel; docs/protocol.md §3). The trained
+models follow the paper's protocol (docs/protocol.md §4: Adam, the rate halved after every epoch, early stopping on
 validation MSE, the best-validation checkpoint tested once on the whole test split) through the package's
 [`~training.BalmTsfTrainer`], with optional caps (epochs, training items per epoch, validation items, a time budget)
 that are recorded with every result: a capped run is not the paper protocol.
@@ -76,7 +76,7 @@ MODEL_LABELS = {
     "naive": "Naive (last value)",
     "seasonal_naive": "Seasonal naive",
 }
-# BALM-TSF rates of the paper (SPEC section 4): ETTh1 per horizon, 0.01 elsewhere.
+# BALM-TSF rates of the paper (docs/protocol.md §4): ETTh1 per horizon, 0.01 elsewhere.
 PAPER_BALM_LEARNING_RATES = {"ETTh1": {96: 0.01, 192: 0.02, 336: 0.01, 720: 0.01}}
 BALM_DEFAULT_LEARNING_RATE = 0.01
 # Usual rates of the baselines' own code: DLinear's ETTh1 scripts use 0.005; PatchTST's ETTh scripts use 1e-4, held
@@ -223,7 +223,7 @@ class ComparisonSettings:
         resume (`bool`, *optional*, defaults to `False`):
             Continue each trained model from its last checkpoint in `work_dir` (optimizer, learning-rate schedule,
             early-stopping state and epoch count restored), so that a long run can be done in pieces, e.g. one time
-            budget per session. The results row then reports the wall time and epochs of all pieces together and
+            budget per piece. The results row then reports the wall time and epochs of all pieces together and
             `pieces`. Without a checkpoint the model trains from scratch.
         test_every_epoch (`bool`, *optional*, defaults to `False`):
             Also evaluate the whole test split after every epoch (as the original implementation reports it), next to
@@ -908,7 +908,7 @@ def write_results(settings: ComparisonSettings, rows: Sequence[Mapping[str, Any]
     return paths
 
 
-# Published numbers (SPEC section 5: lookback 512, the original protocol, GPT-2 backbone, 100 epochs, GPUs).
+# Published numbers (docs/protocol.md §5: lookback 512, the original protocol, GPT-2 backbone, 100 epochs, GPUs).
 PUBLISHED_BALM_TSF = {
     "ETTh1": {96: (0.365, 0.392), 192: (0.398, 0.412), 336: (0.423, 0.428), 720: (0.440, 0.464)},
     "ETTh2": {96: (0.267, 0.335), 192: (0.328, 0.373), 336: (0.349, 0.397), 720: (0.390, 0.432)},
@@ -940,7 +940,7 @@ def render_summary(output_dir: str | os.PathLike) -> str:
     columns = [name for name in MODEL_NAMES if name in present]  # a column per model that has a result somewhere
     header = ["setting", "published BALM-TSF (GPT-2, paper protocol)"] + [MODEL_LABELS[name] for name in columns]
     lines = [
-        "MSE/MAE on the whole test split (standardised scale). Published numbers: SPEC section 5 (original protocol, "
+        "MSE/MAE on the whole test split (standardised scale). Published numbers: docs/protocol.md §5 (original protocol, "
         "GPT-2 backbone). Rows measured here: see the per-setting tables below for caps, epochs and wall times; "
         "`*` marks a capped run (not the paper protocol).",
         "",

@@ -285,7 +285,7 @@ class TrainingSettings(_Section):
         learning_rate (`float`, *optional*, defaults to 0.01):
             Peak learning rate of Adam.
         lr_scheduler (`str`, *optional*, defaults to `"halving"`):
-            `"halving"`: `lr * 0.5 ** (epoch - 1)` (paper, SPEC section 4). `"original_type1"`: what the authors' code
+            `"halving"`: `lr * 0.5 ** (epoch - 1)` (paper, docs/protocol.md §4). `"original_type1"`: what the authors' code
             runs for `lradj=type1`: constructing its unused `OneCycleLR` sets the rate to `lr / 25` (and Adam's beta1
             to 0.95), which the first halving step then keeps: `lr / 25 * 0.5 ** max(epoch - 2, 0)`.
             `"original_tst"`: `OneCycleLR(max_lr=lr, pct_start=0.2)` over all steps (`lradj=TST`). `"original_cos"`:
