@@ -691,7 +691,8 @@ def load_forecasting_dataset(
     cache_dir: str | os.PathLike | None = None,
 ) -> BalmTsfDatasetDict:
     r"""
-    Load a benchmark or a CSV as `train`/`validation`/`test` splits of channel-independent windows (docs/protocol.md §3).
+    Load a benchmark or a CSV as `train`/`validation`/`test` splits of channel-independent windows
+    (`docs/protocol.md` §3).
 
     - Split borders come from the YAML files in `balm_hf/resources/data/`: fixed 12/4/4-month borders for ETT, the
       70/10/20 ratio protocol for Weather, Exchange and user CSVs. Validation and test start `context_length` rows

@@ -940,9 +940,9 @@ def render_summary(output_dir: str | os.PathLike) -> str:
     columns = [name for name in MODEL_NAMES if name in present]  # a column per model that has a result somewhere
     header = ["setting", "published BALM-TSF (GPT-2, paper protocol)"] + [MODEL_LABELS[name] for name in columns]
     lines = [
-        "MSE/MAE on the whole test split (standardised scale). Published numbers: docs/protocol.md §5 (original protocol, "
-        "GPT-2 backbone). Rows measured here: see the per-setting tables below for caps, epochs and wall times; "
-        "`*` marks a capped run (not the paper protocol).",
+        "MSE/MAE on the whole test split (standardised scale). Published numbers: docs/protocol.md §5 (original "
+        "protocol, GPT-2 backbone). Rows measured here: see the per-setting tables below for caps, epochs and wall "
+        "times; `*` marks a capped run (not the paper protocol).",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),

@@ -285,9 +285,9 @@ class TrainingSettings(_Section):
         learning_rate (`float`, *optional*, defaults to 0.01):
             Peak learning rate of Adam.
         lr_scheduler (`str`, *optional*, defaults to `"halving"`):
-            `"halving"`: `lr * 0.5 ** (epoch - 1)` (paper, docs/protocol.md §4). `"original_type1"`: what the authors' code
-            runs for `lradj=type1`: constructing its unused `OneCycleLR` sets the rate to `lr / 25` (and Adam's beta1
-            to 0.95), which the first halving step then keeps: `lr / 25 * 0.5 ** max(epoch - 2, 0)`.
+            `"halving"`: `lr * 0.5 ** (epoch - 1)` (paper, `docs/protocol.md` §4). `"original_type1"`: what the
+            authors' code runs for `lradj=type1`: constructing its unused `OneCycleLR` sets the rate to `lr / 25`
+            (and Adam's beta1 to 0.95), which the first halving step then keeps: `lr / 25 * 0.5 ** max(epoch - 2, 0)`.
             `"original_tst"`: `OneCycleLR(max_lr=lr, pct_start=0.2)` over all steps (`lradj=TST`). `"original_cos"`:
             `CosineAnnealingLR(T_max=20, eta_min=1e-8)` stepped per epoch (`lradj=COS`). `"patchtst_type3"`: the
             default of PatchTST's own scripts (`lradj=type3`), `lr` for four epochs, then `0.9` times per epoch:
