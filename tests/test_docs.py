@@ -196,7 +196,9 @@ def test_markers_without_a_reason_or_of_an_unknown_kind_are_refused():
 
 
 def test_parser_reads_marked_and_unmarked_blocks_and_ignores_other_languages():
-    text = "x\n\n<!-- slow: trains -->\n\n```bash\nbalm-tsf train\n```\n```bibtex\n@a{}\n```\n```python\nprint(1)\n```\n"
+    text = (
+        "x\n\n<!-- slow: trains -->\n\n```bash\nbalm-tsf train\n```\n```bibtex\n@a{}\n```\n```python\nprint(1)\n```\n"
+    )
     blocks = parse_blocks(text, "doc.md")
     assert [(b.line, b.language, b.code, b.mode, b.reason) for b in blocks] == [
         (5, "bash", "balm-tsf train\n", "slow", "trains"),
@@ -244,7 +246,9 @@ def test_citations_of_the_protocol_name_existing_sections():
     ).stdout
     cited = {int(match.rsplit("§", 1)[1]) for match in found.splitlines()}
     assert cited, "code and docs cite docs/protocol.md by section"
-    assert cited <= set(PROTOCOL_SECTIONS), f"cited sections that do not exist: {sorted(cited - set(PROTOCOL_SECTIONS))}"
+    assert cited <= set(PROTOCOL_SECTIONS), (
+        f"cited sections that do not exist: {sorted(cited - set(PROTOCOL_SECTIONS))}"
+    )
 
 
 @pytest.mark.parametrize("path", [*DOC_FILES, "research/README.md", "configuration/README.md"])
