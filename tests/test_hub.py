@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import runpy
 import shutil
 import socket
 import subprocess
@@ -34,7 +33,7 @@ BACKBONE_ID = "openai-community/gpt2"
 
 
 def eval_rows(context_length: int = CONTEXT_LENGTH, prediction_length: int = PREDICTION_LENGTH) -> list[dict]:
-    """Two result rows as scripts/evaluate.py writes them: all windows, and the original's drop-last protocol."""
+    """Two result rows as `balm-tsf evaluate` writes them: all windows, and the original's drop-last protocol."""
     common = dict(
         model="balm_tsf",
         dataset="ETTh1",
@@ -423,9 +422,7 @@ def test_push_cli_dry_run_and_offline_error(trained_folder, tmp_path, capsys, mo
     assert (staging / "README.md").is_file()
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    script = REPO_ROOT / "scripts" / "push_to_hub.py"
-    push_script = runpy.run_path(str(script))
-    assert push_script["main"](["--folder", str(trained_folder), "--repo-id", "someone/x"]) == 1
+    assert cli_main(["push", "--folder", str(trained_folder), "--repo-id", "someone/x"]) == 1
     assert "offline mode is on" in capsys.readouterr().err
 
 
