@@ -54,10 +54,11 @@ def _one_line(error: BaseException) -> str:
 
 def configure_logging(verbose: bool = False) -> None:
     r"""
-    Quiet by default: this package's messages at INFO (one line each), transformers and datasets at WARNING.
+    Quiet by default: this package's messages at INFO (one line each), transformers and datasets at WARNING, and no
+    progress bars while datasets reads a CSV (the training and evaluation progress bars stay).
 
-    With `verbose`, this package logs at DEBUG (configuration and preprocessor dumps, load reports) and transformers
-    and datasets at INFO.
+    With `verbose`, this package logs at DEBUG (configuration and preprocessor dumps, load reports), transformers
+    and datasets at INFO, and datasets shows its progress bars.
 
     Args:
         verbose (`bool`, *optional*, defaults to `False`): the `--verbose` flag.
@@ -71,9 +72,11 @@ def configure_logging(verbose: bool = False) -> None:
     if verbose:
         transformers_logging.set_verbosity_info()
         datasets_logging.set_verbosity_info()
+        datasets_logging.enable_progress_bar()
     else:
         transformers_logging.set_verbosity_warning()
         datasets_logging.set_verbosity_warning()
+        datasets_logging.disable_progress_bar()
 
 
 def add_push_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -245,13 +248,17 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 
 
 def train_overrides(parser: argparse.ArgumentParser, args: argparse.Namespace, unknown: Sequence[str]) -> list[str]:
-    """`--data`/`--target`, then the `--set` overrides, then the `--section.key value` (or `=value`) ones in `unknown`.
+    """`--data`/`--target` (and with `--data` but no `--config`, the run's `name` after the file), then the `--set`
+    overrides, then the `--section.key value` (or `--section.key=value`) ones in `unknown`.
 
     Anything else in `unknown` is refused with `parser.error`.
     """
     overrides = []
     # JSON strings are YAML strings: a file or column name is never read as a number or a boolean.
     if getattr(args, "data", None) is not None:
+        if getattr(args, "config", None) is None:
+            # The packaged CSV template: the run (folder, card title) is named after the file.
+            overrides.append(f"name={json.dumps('balm-tsf-' + Path(args.data).name.split('.')[0])}")
         overrides.append(f"data.dataset={json.dumps(str(args.data))}")
     if getattr(args, "target", None) is not None:
         overrides.append(f"data.target={json.dumps(str(args.target))}")
@@ -475,6 +482,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     other commands.
     """
     args = parse_arguments(argv)
+    import datasets.utils.logging as datasets_logging
+    import transformers.utils.logging as transformers_logging
+
+    # Restored afterwards, for callers that run `main` inside their own process.
+    levels = (
+        logging.getLogger("balm_hf").level,
+        transformers_logging.get_verbosity(),
+        datasets_logging.get_verbosity(),
+        datasets_logging.is_progress_bar_enabled(),
+    )
     configure_logging(args.verbose)
     try:
         return _COMMANDS[args.command].run(args)
@@ -483,6 +500,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         sys.stderr.write(f"balm-tsf {args.command}: error: {_one_line(error)}\n")
         return USAGE_ERROR if args.command == "train" else 1
+    finally:
+        logging.getLogger("balm_hf").setLevel(levels[0])
+        transformers_logging.set_verbosity(levels[1])
+        datasets_logging.set_verbosity(levels[2])
+        if levels[3]:
+            datasets_logging.enable_progress_bar()
+        else:
+            datasets_logging.disable_progress_bar()
 
 
 if __name__ == "__main__":
