@@ -323,9 +323,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The options of `balm-tsf evaluate`; see [`evaluate_from_arguments`]."""
-    parser.add_argument(
-        "model", help="a folder written by `balm-tsf train` (its final/ folder), or a Hub id"
-    )
+    parser.add_argument("model", help="a folder written by `balm-tsf train` (its final/ folder), or a Hub id")
     parser.add_argument("--dataset", default=None, help="benchmark name or CSV path (default: the experiment's)")
     parser.add_argument("--data-dir", default=None, help="folder of the benchmark files (default: $BALM_TSF_DATA_DIR)")
     parser.add_argument(

@@ -1,4 +1,4 @@
-"""The `balm-tsf` command line: fast `--help`, the packaged experiments, training on a CSV, errors and forecast safety."""
+"""The `balm-tsf` command line: fast `--help`, packaged experiments, training on a CSV, errors, forecast safety."""
 
 from __future__ import annotations
 

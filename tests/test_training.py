@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -87,7 +88,7 @@ def tiny_backbone(tmp_path_factory) -> Path:
 
 def tiny_experiment(output_dir: Path, backbone: Path | None = None, **sections) -> dict:
     """A raw experiment config that trains in seconds: ETTh1 target only, L=64, H=16, 5% of the train split."""
-    config = {
+    config: dict[str, Any] = {
         "name": "tiny-etth1",
         "data": {
             "dataset": "ETTh1",
