@@ -44,6 +44,11 @@ _EXPORTS: dict[str, str] = {
     "run_experiment": "training",
 }
 
+# Submodules reachable as attributes (`balm_hf.training.run_experiment`) after a bare `import balm_hf`.
+_SUBMODULES = frozenset(
+    ("artifacts", "cli", "conversion", "data", "forecasting", "hub", "metrics", "models", "training")
+)
+
 __all__ = [
     "DEFAULT_BACKBONE",
     "FAST_MODE_SWITCHES",
@@ -102,6 +107,8 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
     module_name = _EXPORTS.get(name)
     if module_name is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -111,4 +118,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    return sorted(set(globals()) | set(__all__) | _SUBMODULES)

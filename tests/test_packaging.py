@@ -94,5 +94,6 @@ def test_package_exports_resolve_and_are_listed():
     for name in balm_hf.__all__:
         assert getattr(balm_hf, name) is not None
     assert set(balm_hf.__all__) <= set(dir(balm_hf))
+    assert balm_hf.training.run_experiment is balm_hf.run_experiment  # submodules as attributes, as before
     with pytest.raises(AttributeError, match="no attribute 'not_an_export'"):
         balm_hf.not_an_export  # noqa: B018
