@@ -6,12 +6,14 @@ style:
 	ruff format $(check_dirs)
 	ruff check --fix $(check_dirs)
 
+# What CI (.ci/run) checks before the tests.
 quality:
-	ruff check $(check_dirs)
 	ruff format --check $(check_dirs)
+	ruff check $(check_dirs)
+	mypy balm_hf tests
 
 typecheck:
-	mypy balm_hf
+	mypy balm_hf tests
 
 test:
 	HF_HUB_OFFLINE=1 python -m pytest -q

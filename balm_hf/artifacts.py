@@ -425,7 +425,9 @@ def _load_eval_rows(folder: Path, config: BalmTsfConfig, required: bool) -> list
     path = folder / EVAL_RESULTS_JSON
     if not path.is_file():
         if required:
-            raise FileNotFoundError(f"{path} is missing (the test metrics written by scripts/evaluate.py)")
+            raise FileNotFoundError(
+                f"{path} is missing (the test metrics written by `balm-tsf train` or `balm-tsf evaluate`)"
+            )
         return []
     results = _read_json(path)
     if not isinstance(results, dict) or not isinstance(results.get("rows"), list):
@@ -444,7 +446,7 @@ def _load_eval_rows(folder: Path, config: BalmTsfConfig, required: bool) -> list
 def _check_eval_csv(folder: Path) -> None:
     path = folder / EVAL_RESULTS_CSV
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing (the CSV that scripts/evaluate.py writes next to the JSON)")
+        raise FileNotFoundError(f"{path} is missing (the CSV that `balm-tsf evaluate` writes next to the JSON)")
     try:
         frame = pd.read_csv(path)
     except (ValueError, pd.errors.ParserError) as error:

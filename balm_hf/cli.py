@@ -1,15 +1,21 @@
-"""The `balm-tsf` command line: forecast, push, train and evaluate."""
+"""The `balm-tsf` command line: forecast, push, train and evaluate.
+
+Only the standard library is imported at module level, so that `balm-tsf --help` (and every `--help`) answers
+without importing torch; each command imports what it needs when it runs.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import sys
+import traceback
 from collections.abc import Callable, Mapping, Sequence
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
-
-import pandas as pd
 
 
 if TYPE_CHECKING:
@@ -20,10 +26,70 @@ logger = logging.getLogger(__name__)
 
 _ERRORS = (ValueError, TypeError, FileNotFoundError, ImportError, ConnectionError, OSError)
 
+# Exit status of a refused input (bad config, data, backbone or option value), as argparse uses for usage errors.
+USAGE_ERROR = 2
+
+PACKAGED_EXPERIMENTS = ("default", "csv")
+
+_LOADING_REPORT_LOGGER = "transformers.utils.loading_report"
+
+
+def packaged_experiment_path(name: str = "default") -> Path:
+    r"""
+    Path of an experiment YAML shipped in the package (`balm_hf/resources/experiments/<name>.yaml`).
+
+    Args:
+        name (`str`, *optional*, defaults to `"default"`):
+            `"default"`: the CPU demo that `balm-tsf train` runs without `--config` (`configuration/default.yaml` in
+            the repository is an identical copy); `"csv"`: the template for a user CSV that `balm-tsf train --data
+            FILE` starts from.
+    """
+    if name not in PACKAGED_EXPERIMENTS:
+        raise ValueError(f"no packaged experiment {name!r}; choose one of {', '.join(PACKAGED_EXPERIMENTS)}")
+    return Path(str(resources.files("balm_hf").joinpath("resources", "experiments", f"{name}.yaml")))
+
+
+def _one_line(error: BaseException) -> str:
+    """The message of `error` on one line (whitespace runs, newlines included, become one space)."""
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def configure_logging(verbose: bool = False) -> None:
+    r"""
+    Quiet by default: this package's messages at INFO (one line each), transformers and datasets at WARNING without
+    the transformers weight-loading reports, and no progress bars while a CSV is read or weights are loaded and
+    written (the training and evaluation progress bars stay).
+
+    With `verbose`, this package logs at DEBUG (configuration and preprocessor dumps), transformers and datasets at
+    INFO with the loading reports, and every progress bar shows.
+
+    Args:
+        verbose (`bool`, *optional*, defaults to `False`): the `--verbose` flag.
+    """
+    import datasets.utils.logging as datasets_logging
+    import transformers.utils.logging as transformers_logging
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("balm_hf").setLevel(logging.DEBUG if verbose else logging.INFO)
+    if verbose:
+        transformers_logging.set_verbosity_info()
+        datasets_logging.set_verbosity_info()
+        transformers_logging.enable_progress_bar()
+        datasets_logging.enable_progress_bar()
+    else:
+        transformers_logging.set_verbosity_warning()
+        datasets_logging.set_verbosity_warning()
+        transformers_logging.disable_progress_bar()
+        datasets_logging.disable_progress_bar()
+    # The table of unexpected or missing weights that transformers prints after every load (a backbone cut to its
+    # first blocks has many), at WARNING level.
+    logging.getLogger(_LOADING_REPORT_LOGGER).setLevel(logging.NOTSET if verbose else logging.ERROR)
+
 
 def add_push_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The options of `balm-tsf push` (shared with `scripts/push_to_hub.py`)."""
-    parser.add_argument("--folder", required=True, help="trained folder (the output of scripts/train.py)")
+    """The options of `balm-tsf push`."""
+    parser.add_argument("--folder", required=True, help="trained folder (the final/ folder of `balm-tsf train`)")
     parser.add_argument("--repo-id", required=True, help="target Hub model repository, 'user/name' or 'org/name'")
     parser.add_argument("--private", action="store_true", help="create the repository as private")
     parser.add_argument("--token", default=None, help="Hub token with write access (default: saved login or HF_TOKEN)")
@@ -74,17 +140,45 @@ def _add_forecast_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="model batch size (default: all series at once)")
     parser.add_argument("--device", default=None, help="torch device, e.g. 'cuda' (default: cpu)")
     parser.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of --model")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output or --plot file")
 
 
-def run_forecast(args: argparse.Namespace) -> int:
-    """Run `forecast` from parsed arguments: read the CSV, forecast, write the CSV (and the PNG)."""
-    from .forecasting import BalmTsfForecaster, plot_forecast
-
+def _check_forecast_outputs(args: argparse.Namespace) -> None:
+    """Refuse, before anything is read or written, outputs that would replace the input or an existing file."""
     input_path = Path(args.input)
     if not input_path.is_file():
         raise FileNotFoundError(f"--input {input_path} does not exist")
     if args.plot and args.id_column:
         raise ValueError("--plot draws one series; it cannot be combined with --id-column")
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise ImportError(
+                f'--plot {args.plot} needs matplotlib: pip install "balm-tsf[plot]" (nothing was written)'
+            ) from None
+    outputs = {"--output": args.output if args.output != "-" else None, "--plot": args.plot}
+    for option, value in outputs.items():
+        if value is None:
+            continue
+        path = Path(value)
+        if path.resolve() == input_path.resolve():
+            raise ValueError(f"{option} {path} is the --input file: the forecast would replace the history")
+        if path.exists() and not args.overwrite:
+            raise FileExistsError(f"{option} {path} already exists; pass --overwrite to replace it")
+    if outputs["--output"] is not None and outputs["--plot"] is not None:
+        if Path(args.output).resolve() == Path(args.plot).resolve():
+            raise ValueError(f"--output and --plot are the same file {args.output}")
+
+
+def run_forecast(args: argparse.Namespace) -> int:
+    """Run `forecast` from parsed arguments: read the CSV, forecast, write the CSV (and the PNG)."""
+    import pandas as pd
+
+    from .forecasting import BalmTsfForecaster, plot_forecast
+
+    _check_forecast_outputs(args)
+    input_path = Path(args.input)
     history = pd.read_csv(input_path)
     load_kwargs = {"revision": args.revision} if args.revision else {}
     forecaster = BalmTsfForecaster.from_pretrained(args.model, device=args.device, **load_kwargs)
@@ -116,21 +210,27 @@ TRAIN_OVERRIDES_HELP = (
 )
 
 
-def add_train_arguments(
-    parser: argparse.ArgumentParser, default_config: Path | None = None
-) -> argparse.ArgumentParser:
-    """The options of `balm-tsf train` (shared with `scripts/train.py`); --config is required without `default_config`.
+def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of `balm-tsf train` (`scripts/train.py` runs the same command).
 
     Parse with `parser.parse_known_args` and pass what it leaves to [`train_overrides`] for the `--section.key value`
     form of the overrides.
     """
-    if default_config is None:
-        config_help = "experiment YAML (see configuration/ in the repository)"
-    else:
-        config_help = f"experiment YAML (default: {default_config})"
     parser.add_argument(
-        "--config", type=Path, required=default_config is None, default=default_config, help=config_help
+        "--config",
+        type=Path,
+        default=None,
+        help="experiment YAML (default: the packaged CPU demo on ETTh1, or with --data the packaged template for a "
+        "user CSV; see configuration/ in the repository for the paper experiments)",
     )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        metavar="CSV",
+        help="train on this CSV (a date column and one column per channel; 70/10/20 split): sets data.dataset",
+    )
+    parser.add_argument("--target", default=None, metavar="COLUMN", help="target column (the last channel)")
     parser.add_argument(
         "--output-dir", type=Path, default=None, help="run folder (default: training.output_dir of the config)"
     )
@@ -156,11 +256,21 @@ def add_train_arguments(
 
 
 def train_overrides(parser: argparse.ArgumentParser, args: argparse.Namespace, unknown: Sequence[str]) -> list[str]:
-    """The `--set` overrides followed by the `--section.key value` (or `--section.key=value`) ones in `unknown`.
+    """`--data`/`--target` (and with `--data` but no `--config`, the run's `name` after the file), then the `--set`
+    overrides, then the `--section.key value` (or `--section.key=value`) ones in `unknown`.
 
     Anything else in `unknown` is refused with `parser.error`.
     """
-    overrides = list(args.overrides)
+    overrides = []
+    # JSON strings are YAML strings: a file or column name is never read as a number or a boolean.
+    if getattr(args, "data", None) is not None:
+        if getattr(args, "config", None) is None:
+            # The packaged CSV template: the run (folder, card title) is named after the file.
+            overrides.append(f"name={json.dumps('balm-tsf-' + Path(args.data).name.split('.')[0])}")
+        overrides.append(f"data.dataset={json.dumps(str(args.data))}")
+    if getattr(args, "target", None) is not None:
+        overrides.append(f"data.target={json.dumps(str(args.target))}")
+    overrides += list(args.overrides)
     index = 0
     while index < len(unknown):
         token = unknown[index]
@@ -178,30 +288,50 @@ def train_overrides(parser: argparse.ArgumentParser, args: argparse.Namespace, u
 
 
 def format_test_row(row: Mapping[str, Any]) -> str:
-    """One line for an evaluation row, as `balm-tsf train` and `scripts/train.py` report the test metrics."""
+    """One line for an evaluation row, as `balm-tsf train` reports the test metrics."""
     return (
         f"test {row['dataset']} L={row['context_length']} H={row['prediction_length']} "
         f"drop_last={row['drop_last']}: mse={row['mse']:.6f} mae={row['mae']:.6f} over {row['num_items']} items"
     )
 
 
-def run_train(args: argparse.Namespace) -> int:
-    """Run `train`: `balm_hf.training.load_experiment_config` + `run_experiment` (what `scripts/train.py` does)."""
-    from .training import load_experiment_config, run_experiment
+def _train_config_path(args: argparse.Namespace) -> Path:
+    if args.config is not None:
+        if not Path(args.config).is_file():
+            raise FileNotFoundError(f"--config {args.config} does not exist")
+        return Path(args.config)
+    return packaged_experiment_path("csv" if args.data is not None else "default")
 
-    config = load_experiment_config(args.config, args.overrides)
-    result = run_experiment(config, output_dir=args.output_dir, resume_from_checkpoint=args.resume)
+
+def _is_main_process() -> bool:
+    """`False` on the non-main processes of a distributed run (`accelerate launch`), which print no summary."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Run `train`: `balm_hf.training.load_experiment_config` + `run_experiment`, then print the closing summary."""
+    from . import training
+
+    if args.data is not None and not Path(args.data).is_file():
+        raise FileNotFoundError(f"--data {args.data} does not exist")
+    config = training.load_experiment_config(_train_config_path(args), args.overrides)
+    result = training.run_experiment(config, output_dir=args.output_dir, resume_from_checkpoint=args.resume)
+    if not _is_main_process():
+        return 0
     for row in result.eval_rows:
         sys.stdout.write(format_test_row(row) + "\n")
-    sys.stdout.write(f"saved {result.final_dir}\n")
+    card = Path(result.final_dir) / "README.md"
+    info = getattr(result, "training_info", None) or {}
+    wall_time = f" in {info['wall_time_s']:.1f} s" if isinstance(info.get("wall_time_s"), int | float) else ""
+    sys.stdout.write(f"saved {result.final_dir}{wall_time}\n")
+    if card.is_file():
+        sys.stdout.write(f"model card: {card}\n")
     return 0
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The options of `balm-tsf evaluate` (shared with `scripts/evaluate.py`); see [`evaluate_from_arguments`]."""
-    parser.add_argument(
-        "model", help="a folder written by `balm-tsf train` or scripts/train.py (its final/ folder), or a Hub id"
-    )
+    """The options of `balm-tsf evaluate`; see [`evaluate_from_arguments`]."""
+    parser.add_argument("model", help="a folder written by `balm-tsf train` (its final/ folder), or a Hub id")
     parser.add_argument("--dataset", default=None, help="benchmark name or CSV path (default: the experiment's)")
     parser.add_argument("--data-dir", default=None, help="folder of the benchmark files (default: $BALM_TSF_DATA_DIR)")
     parser.add_argument(
@@ -252,7 +382,7 @@ def evaluate_from_arguments(args: argparse.Namespace) -> EvaluationResults:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    """Run `evaluate`: `training.evaluate_to_results` (what `scripts/evaluate.py` does)."""
+    """Run `evaluate`: `training.evaluate_to_results`, then print the results table."""
     results = evaluate_from_arguments(args)
     sys.stdout.write(f"results: {results.path} (+ .csv, .md)\n{results.table}")
     return 0
@@ -283,7 +413,8 @@ _COMMANDS = {
     ),
     "train": _Command(
         "train and test one experiment, save the Hub-ready folder",
-        "Train and test one experiment from its YAML and save the Hub-ready folder to <run>/final.",
+        "Train and test one experiment and save the Hub-ready folder to <run>/final. Without --config: the packaged "
+        "CPU demo on ETTh1, or with --data FILE (--target COLUMN) the packaged template for a user CSV.",
         TRAIN_OVERRIDES_HELP,
         add_train_arguments,
         run_train,
@@ -299,16 +430,42 @@ _COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `balm-tsf` parser: one sub-command per command, each with `-v/--verbose`."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also print configuration and preprocessor dumps, load reports and the transformers/datasets logs",
+    )
     parser = argparse.ArgumentParser(
         prog="balm-tsf",
         description="BALM-TSF time series forecasting: forecast with, share, train and evaluate checkpoints.",
+        epilog="Run `balm-tsf COMMAND --help` for the options of a command (all take --verbose).",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, command in _COMMANDS.items():
         command.add_arguments(
-            commands.add_parser(name, help=command.help, description=command.description, epilog=command.epilog)
+            commands.add_parser(
+                name,
+                help=command.help,
+                description=command.description,
+                epilog=command.epilog,
+                parents=[common],
+            )
         )
     return parser
+
+
+def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse a `balm-tsf` command line; for `train`, `args.overrides` holds every override in order."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(sys.argv[1:] if argv is None else list(argv))
+    if args.command == "train":
+        args.overrides = train_overrides(parser, args, unknown)
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -318,27 +475,49 @@ def main(argv: Sequence[str] | None = None) -> int:
     Usage:
 
     ```bash
-    balm-tsf forecast --model runs/etth1_96 --input ETTh1.csv --output forecast.csv --plot forecast.png
-    balm-tsf push --folder runs/etth1_96 --repo-id me/balm-tsf-etth1-96 --dry-run
+    balm-tsf train                                   # the packaged CPU demo (ETTh1, MiniLM backbone)
+    balm-tsf train --data my.csv --target OT         # your CSV, split 70/10/20
     balm-tsf train --config configuration/long_term/etth1_96.yaml --set training.learning_rate=0.005 --data.percent 10
+    balm-tsf forecast --model outputs/balm-tsf-csv/final --input my.csv --output forecast.csv --plot forecast.png
     balm-tsf evaluate outputs/etth1_96/final --drop-last-test-batch --results results/eval_results.json
+    balm-tsf push --folder outputs/etth1_96/final --repo-id me/balm-tsf-etth1-96 --dry-run
     ```
 
-    Returns the exit status (0 on success, 1 on an error, whose message goes to standard error).
+    Returns the exit status: 0 on success; on an error one line goes to standard error (with the traceback under
+    `--verbose`) and the status is 2 for `train` (a refused config, data file, backbone or option value) and 1 for the
+    other commands.
     """
-    parser = build_parser()
-    args, unknown = parser.parse_known_args(sys.argv[1:] if argv is None else list(argv))
-    if args.command == "train":
-        args.overrides = train_overrides(parser, args, unknown)
-    elif unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parse_arguments(argv)
+    import datasets.utils.logging as datasets_logging
+    import transformers.utils.logging as transformers_logging
+
+    # Restored afterwards, for callers that run `main` inside their own process.
+    levels = (
+        logging.getLogger("balm_hf").level,
+        transformers_logging.get_verbosity(),
+        datasets_logging.get_verbosity(),
+        datasets_logging.is_progress_bar_enabled(),
+        transformers_logging.is_progress_bar_enabled(),
+        logging.getLogger(_LOADING_REPORT_LOGGER).level,
+    )
+    configure_logging(args.verbose)
     try:
         return _COMMANDS[args.command].run(args)
     except _ERRORS as error:
-        sys.stderr.write(f"balm-tsf {args.command}: error: {error}\n")
-        return 1
+        if args.verbose:
+            traceback.print_exc()
+        sys.stderr.write(f"balm-tsf {args.command}: error: {_one_line(error)}\n")
+        return USAGE_ERROR if args.command == "train" else 1
+    finally:
+        logging.getLogger("balm_hf").setLevel(levels[0])
+        transformers_logging.set_verbosity(levels[1])
+        datasets_logging.set_verbosity(levels[2])
+        for enabled, module in ((levels[3], datasets_logging), (levels[4], transformers_logging)):
+            if enabled:
+                module.enable_progress_bar()
+            else:
+                module.disable_progress_bar()
+        logging.getLogger(_LOADING_REPORT_LOGGER).setLevel(levels[5])
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import yaml
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, constants
 
 from .artifacts import (
+    FINAL_FOLDER_NAME,
     MODEL_CARD_FILE,
     PICKLE_SUFFIXES,
     TrainedFolder,
@@ -41,6 +42,10 @@ DEFAULT_LICENSE = "apache-2.0"
 
 
 DEFAULT_COMMIT_MESSAGE = "Upload BALM-TSF checkpoint"
+
+
+# The package is installed from its repository until it is published on PyPI.
+INSTALL_REQUIREMENT = "balm-tsf[plot] @ git+https://github.com/balm-tsf/balm-tsf"
 
 
 _HUB_ID_PATTERN = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
@@ -219,6 +224,18 @@ def _ordered_splits(borders: dict[str, Any] | None) -> dict[str, Any] | None:
     return dict(sorted(borders.items(), key=lambda item: (order.get(item[0], len(order)), item[0])))
 
 
+def _model_name(trained: TrainedFolder, repo_id: str | None) -> str:
+    """The repository name, else the experiment's `name`, else the folder's name (its parent's for `final/`)."""
+    if repo_id:
+        return repo_id
+    experiment = trained.experiment or trained.training_info.get("experiment") or {}
+    name = experiment.get("name") if isinstance(experiment, dict) else None
+    if isinstance(name, str) and name.strip():
+        return name.strip()
+    path = trained.path.resolve()
+    return path.parent.name if path.name == FINAL_FOLDER_NAME and path.parent.name else path.name
+
+
 def _card_context(trained: TrainedFolder, repo_id: str | None) -> dict[str, Any]:
     config, preprocessor, info = trained.config, trained.preprocessor, trained.training_info
     experiment = trained.experiment or info.get("experiment") or {}
@@ -235,11 +252,13 @@ def _card_context(trained: TrainedFolder, repo_id: str | None) -> dict[str, Any]
     else:
         backbone = f"a {config.llm_config.model_type} model whose weights' origin is not recorded"
     trainable, total = _parameter_counts(config)
-    model_ref = repo_id or str(trained.path)
     max_steps = _find_value(experiment, ("max_steps",))
     return {
-        "model_name": repo_id or trained.path.name,
-        "model_ref": model_ref,
+        "model_name": _model_name(trained, repo_id),
+        # A local folder by its absolute path, so that the snippets run as written from any directory.
+        "model_ref": repo_id or str(trained.path.resolve()),
+        "is_local": repo_id is None,
+        "install_requirement": INSTALL_REQUIREMENT,
         "dataset_name": dataset_name,
         "data_source": _dataset_source(dataset_name),
         "data_file": f"{dataset_name}.csv" if dataset_name else "history.csv",
@@ -312,7 +331,8 @@ def render_model_card(
         folder (`str` or `os.PathLike`): the trained folder.
         repo_id (`str`, *optional*):
             The Hub repository the folder is (or will be) pushed to; used as the model name and in the usage snippets.
-            Defaults to the folder's name and path.
+            Without it the card is for the local folder: the name is the experiment's `name` (else the folder's,
+            the run folder's for `final/`) and the snippets load the folder by its absolute path.
         license (`str`, *optional*, defaults to `"apache-2.0"`): the license identifier in the metadata.
         template_path (`str` or `os.PathLike`, *optional*):
             A Jinja template to use instead of the packaged one ([`model_card_template_path`]).
@@ -558,6 +578,7 @@ __all__ = [
     "DEFAULT_COMMIT_MESSAGE",
     "DEFAULT_LICENSE",
     "HUB_TAGS",
+    "INSTALL_REQUIREMENT",
     "HubPushResult",
     "check_hub_connection",
     "model_card_template_path",

@@ -9,6 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -26,7 +27,7 @@ TOKENIZER_DIR = FIXTURES_DIR / "fid_a_llm"
 
 def tiny_llm_config(**overrides) -> GPT2Config:
     """A 2-block GPT-2 over the BERT WordPiece vocabulary of the fixture tokenizer."""
-    kwargs = dict(
+    kwargs: dict[str, Any] = dict(
         n_layer=2, n_embd=32, n_head=2, vocab_size=30522, n_positions=512, bos_token_id=None, eos_token_id=None
     )
     kwargs.update(overrides)
@@ -35,7 +36,7 @@ def tiny_llm_config(**overrides) -> GPT2Config:
 
 def tiny_llama_config(**overrides) -> LlamaConfig:
     """A 2-block Llama (rotary positions, grouped-query attention): the architecture of SmolLM2."""
-    kwargs = dict(
+    kwargs: dict[str, Any] = dict(
         num_hidden_layers=2,
         hidden_size=32,
         num_attention_heads=4,
@@ -51,7 +52,7 @@ def tiny_llama_config(**overrides) -> LlamaConfig:
 
 
 def tiny_config(**overrides) -> BalmTsfConfig:
-    kwargs = dict(
+    kwargs: dict[str, Any] = dict(
         context_length=64,
         prediction_length=16,
         patch_length=8,

@@ -242,7 +242,7 @@ def test_cli_train_and_evaluate_call_the_training_library(tmp_path, monkeypatch,
     assert seen["resume"] is True and seen["output_dir"] == tmp_path / "run"
     assert f"saved {tmp_path / 'run' / 'final'}" in capsys.readouterr().out
 
-    assert cli_main(["train", "--config", str(experiment), "--set", "training.lr=1"]) == 1
+    assert cli_main(["train", "--config", str(experiment), "--set", "training.lr=1"]) == 2
     assert "training.lr" in capsys.readouterr().err
 
     results = tmp_path / "results" / "eval_results.json"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import runpy
 import shutil
 import socket
 import subprocess
@@ -34,7 +33,7 @@ BACKBONE_ID = "openai-community/gpt2"
 
 
 def eval_rows(context_length: int = CONTEXT_LENGTH, prediction_length: int = PREDICTION_LENGTH) -> list[dict]:
-    """Two result rows as scripts/evaluate.py writes them: all windows, and the original's drop-last protocol."""
+    """Two result rows as `balm-tsf evaluate` writes them: all windows, and the original's drop-last protocol."""
     common = dict(
         model="balm_tsf",
         dataset="ETTh1",
@@ -177,6 +176,41 @@ def test_model_card_body_reports_setup_results_limitations_and_citation(folder_c
         expected_texts.append(f"`{info['git_revision']}`")
     for expected in expected_texts:
         assert expected in text, expected
+
+
+def test_local_card_is_named_after_the_model_and_its_snippets_run_as_written(tmp_path, preprocessor, monkeypatch):
+    folder = build_trained_folder(tmp_path / "runs" / "etth1" / "final", preprocessor)
+    text = str(render_model_card(folder))
+    name = training.load_experiment_config(folder / "experiment.yaml").name
+    assert name != "final"
+    assert re.search(rf"^# {re.escape(name)}$", text, re.MULTILINE)
+    assert split_card(text)["model-index"][0]["name"] == name
+    assert 'pip install "balm-tsf[plot] @ git+https://github.com/balm-tsf/balm-tsf"' in text
+    snippets = re.findall(r"```python\n(.*?)```", text, re.DOTALL)
+    assert len(snippets) == 2 and all(str(folder.resolve()) in snippet for snippet in snippets)
+
+    # Run each snippet as written from another directory, next to the data file it names.
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    history = pd.read_csv(DATA_DIR / "ETTh1.csv.gz").tail(3 * CONTEXT_LENGTH)
+    history.to_csv(work / "ETTh1.csv", index=False)
+    expected = balm_hf.forecast(folder, history)
+    package_scope: dict = {}
+    exec(compile(snippets[0], "card-package-snippet", "exec"), package_scope)
+    pd.testing.assert_frame_equal(package_scope["forecast"], expected)
+    assert (work / "forecast.png").read_bytes()[:4] == b"\x89PNG"
+    transformers_scope: dict = {}
+    exec(compile(snippets[1], "card-transformers-snippet", "exec"), transformers_scope)
+    np.testing.assert_allclose(
+        transformers_scope["forecast"], expected[preprocessor.columns].to_numpy(), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_card_named_by_the_run_folder_when_the_experiment_has_no_name(tmp_path):
+    folder = tmp_path / "my-run" / "final"
+    tiny_model().save_pretrained(folder)
+    assert re.search(r"^# my-run$", str(render_model_card(folder)), re.MULTILINE)
 
 
 def test_model_card_follows_config_switches_and_skips_local_backbone_paths(tmp_path, preprocessor):
@@ -423,9 +457,7 @@ def test_push_cli_dry_run_and_offline_error(trained_folder, tmp_path, capsys, mo
     assert (staging / "README.md").is_file()
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    script = REPO_ROOT / "scripts" / "push_to_hub.py"
-    push_script = runpy.run_path(str(script))
-    assert push_script["main"](["--folder", str(trained_folder), "--repo-id", "someone/x"]) == 1
+    assert cli_main(["push", "--folder", str(trained_folder), "--repo-id", "someone/x"]) == 1
     assert "offline mode is on" in capsys.readouterr().err
 
 

@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from typing import Any
 
 import pytest
 import torch
@@ -766,7 +767,12 @@ def test_bidirectional_backbone_works_and_ignores_the_prefix_cache():
     assert torch.isfinite(output.loss)
 
 
-TINY_BERT = {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64}
+TINY_BERT: dict[str, Any] = {
+    "num_hidden_layers": 2,
+    "hidden_size": 32,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+}
 TRIM_SWITCHES = [
     {},  # paper: right padding, padding attended
     {"prompt_attention_mask": True, "prompt_padding_side": "left"},

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -11,6 +10,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,6 +20,7 @@ from conftest import DATA_DIR, REPO_ROOT, TOKENIZER_DIR, tiny_llm_config
 from transformers import AutoTokenizer, GPT2Model
 
 from balm_hf.artifacts import EVAL_ROW_FIELDS, read_eval_results, write_eval_results
+from balm_hf.cli import main as cli_main
 from balm_hf.data import load_forecasting_dataset
 from balm_hf.training import (
     ExperimentConfig,
@@ -66,13 +67,6 @@ TEST_ITEMS = 2865
 LLM_CONFIG = {"model_type": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 2, "vocab_size": 30522, "n_positions": 512}
 
 
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"balm_script_{name}", REPO_ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module", autouse=True)
 def single_thread():
     # The test machines are small and shared; one intra-op thread is several times faster there and deterministic.
@@ -94,7 +88,7 @@ def tiny_backbone(tmp_path_factory) -> Path:
 
 def tiny_experiment(output_dir: Path, backbone: Path | None = None, **sections) -> dict:
     """A raw experiment config that trains in seconds: ETTh1 target only, L=64, H=16, 5% of the train split."""
-    config = {
+    config: dict[str, Any] = {
         "name": "tiny-etth1",
         "data": {
             "dataset": "ETTh1",
@@ -167,28 +161,6 @@ def test_config_with_unknown_key_or_impossible_value_is_refused_naming_it(tmp_pa
     path.write_text(yaml.safe_dump(tiny_experiment(tmp_path / "out")))
     with pytest.raises(ValueError, match=message.replace(".", r"\.")):
         load_experiment_config(path, [override])
-
-
-def test_train_script_refuses_bad_config_with_exit_code_2(tmp_path, caplog):
-    path = tmp_path / "experiment.yaml"
-    path.write_text(yaml.safe_dump(tiny_experiment(tmp_path / "out")))
-    train = _load_script("train")
-    assert train.main(["--config", str(path), "--training.learnig_rate", "0.1"]) == 2
-    assert "training.learnig_rate" in caplog.text
-
-
-def test_overrides_accept_set_and_dotted_forms():
-    train = _load_script("train")
-    args, overrides = train.parse_args(
-        ["--config", "x.yaml", "--set", "training.seed=0", "--training.learning_rate", "5e-3", "--data.percent=10"]
-    )
-    assert overrides == ["training.seed=0", "training.learning_rate=5e-3", "data.percent=10"]
-    assert args.resume is None
-    values = apply_overrides({}, overrides)
-    config = ExperimentConfig.from_dict({**values, "model": {"backbone": None}})
-    assert (config.training.seed, config.training.learning_rate, config.data.percent) == (0, 0.005, 10)
-    assert train.parse_args(["--resume"])[0].resume is True
-    assert str(train.parse_args(["--resume", "out/checkpoint-3"])[0].resume) == "out/checkpoint-3"
 
 
 def test_shipped_experiment_configs_load_with_the_paper_protocol():
@@ -357,9 +329,8 @@ def test_item_ids_must_cover_the_split_exactly_once():
 
 
 def test_saved_folder_reloads_to_the_same_test_metrics(trained, tmp_path):
-    evaluate_script = _load_script("evaluate")
     results = tmp_path / "results" / "eval_results.json"
-    assert evaluate_script.main([str(trained.final_dir), "--drop-last-test-batch", "--results", str(results)]) == 0
+    assert cli_main(["evaluate", str(trained.final_dir), "--drop-last-test-batch", "--results", str(results)]) == 0
     rows = read_eval_results(results)
     assert [(row["num_items"], row["drop_last"]) for row in rows] == [(TEST_ITEMS, False), (2856, True)]
     for reloaded, original in zip(rows, trained.eval_rows, strict=True):
@@ -368,7 +339,7 @@ def test_saved_folder_reloads_to_the_same_test_metrics(trained, tmp_path):
         assert reloaded["model"] == original["model"] == "tiny-etth1"
     assert "| ETTh1 |" in results.with_suffix(".md").read_text()
     # A second evaluation is appended to the same results file.
-    assert evaluate_script.main([str(trained.final_dir), "--results", str(results)]) == 0
+    assert cli_main(["evaluate", str(trained.final_dir), "--results", str(results)]) == 0
     assert len(read_eval_results(results.with_suffix(".csv"))) == 3
 
 

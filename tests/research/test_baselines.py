@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -19,7 +20,7 @@ from research.baselines import (
 
 
 def small_dlinear(**overrides) -> DLinearForForecasting:
-    kwargs = dict(context_length=12, prediction_length=4, moving_average_kernel_size=5)
+    kwargs: dict[str, Any] = dict(context_length=12, prediction_length=4, moving_average_kernel_size=5)
     kwargs.update(overrides)
     torch.manual_seed(0)
     return DLinearForForecasting(DLinearConfig(**kwargs)).eval()

@@ -7,6 +7,7 @@ import importlib
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -197,7 +198,7 @@ def test_unknown_model_and_bad_caps_raise_value_error() -> None:
 def test_patchtst_baseline_uses_the_flatten_head_of_the_paper() -> None:
     """Every patch embedding reaches the linear head (`PatchTSTConfig` defaults to mean-pooling the patches)."""
     settings = ComparisonSettings(dataset="ETTh1", context_length=512, prediction_length=96, models=("patchtst",))
-    model = build_comparison_model(settings, "patchtst")
+    model: Any = build_comparison_model(settings, "patchtst")
     num_patches = (512 - 16) // 8 + 1
     assert model.config.pooling_type is None
     assert model.head.projection.in_features == 16 * num_patches
@@ -205,7 +206,7 @@ def test_patchtst_baseline_uses_the_flatten_head_of_the_paper() -> None:
 
 
 def test_resume_continues_a_budget_stopped_run_in_a_second_piece(workspace: Path) -> None:
-    common = dict(
+    common: dict[str, Any] = dict(
         dataset=str(workspace / "etth1_short.csv"),
         context_length=CONTEXT,
         prediction_length=HORIZON,
@@ -329,7 +330,7 @@ def test_a_per_model_schedule_drives_training_and_is_recorded(workspace: Path) -
 def test_test_every_epoch_reports_each_epochs_test_and_leaves_training_and_the_result_unchanged(
     workspace: Path,
 ) -> None:
-    common = dict(
+    common: dict[str, Any] = dict(
         dataset=str(workspace / "etth1_short.csv"),
         context_length=CONTEXT,
         prediction_length=HORIZON,
