@@ -3,7 +3,8 @@
 from transformers import AutoConfig, AutoModel, AutoModelForTimeSeriesPrediction
 
 from .artifacts import validate_folder
-from .data import BalmTsfDataCollator, BalmTsfPreprocessor, load_forecasting_dataset
+from .collator import BalmTsfDataCollator
+from .data import BalmTsfPreprocessor, load_forecasting_dataset
 from .forecasting import BalmTsfForecaster, forecast, plot_forecast
 from .hub import push_folder_to_hub, render_model_card
 from .metrics import compute_forecasting_metrics, load_forecasting_metric, make_compute_metrics
