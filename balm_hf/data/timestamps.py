@@ -18,6 +18,11 @@ _NUMBER_PATTERN = r"[+-]?\d+(?:\.\d*)?"
 _ISO8601 = "ISO8601"
 
 
+def _first_line(error: Exception) -> str:
+    """pandas' parsing errors end in general advice over several lines; keep the line that names the value."""
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
 def _mixed_offsets(error: Exception) -> bool:
     text = str(error).lower()
     return "mixed timezones" in text or "mixed offsets" in text or ("tz-aware" in text and "tz-naive" in text)
@@ -91,9 +96,14 @@ def parse_timestamps(
         try:
             return _to_datetime(text, date_format, utc), date_format
         except (ValueError, TypeError, OverflowError) as error:
+            if numeric:
+                raise ValueError(
+                    f"{label}: the {date_column!r} column holds plain numbers (first: {text.iloc[0]!r}), not "
+                    f"timestamps in the format {date_format!r}; numbers are not read as time since 1970"
+                ) from error
             hint = "; pass utc=True to convert them to UTC" if _mixed_offsets(error) else ""
             raise ValueError(
-                f"{label}: cannot parse {date_column!r} with date_format={date_format!r}: {error}{hint}"
+                f"{label}: cannot parse {date_column!r} with date_format={date_format!r}: {_first_line(error)}{hint}"
             ) from error
     if numeric or text.str.fullmatch(_NUMBER_PATTERN).all():
         raise ValueError(
@@ -102,7 +112,9 @@ def parse_timestamps(
             "time since 1970"
         )
     first = text.iloc[0]
-    formats = [guess_datetime_format(first, dayfirst=dayfirst) for dayfirst in (False, True)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        formats = [guess_datetime_format(first, dayfirst=dayfirst) for dayfirst in (False, True)]
     candidates = [fmt for fmt in dict.fromkeys([*formats, _ISO8601]) if fmt is not None]
     readings: list[tuple[str, pd.DatetimeIndex]] = []
     errors: list[str] = []
@@ -113,9 +125,9 @@ def parse_timestamps(
             if _mixed_offsets(error):
                 raise ValueError(
                     f"{label}: the {date_column!r} timestamps carry different UTC offsets (e.g. across a daylight "
-                    f"saving change: {error}); pass utc=True to read them all as UTC"
+                    f"saving change: {_first_line(error)}); pass utc=True to read them all as UTC"
                 ) from error
-            errors.append(f"{fmt!r}: {error}")
+            errors.append(f"{fmt!r}: {_first_line(error)}")
             continue
         if not any(dates.equals(other) for _, other in readings):
             readings.append((fmt, dates))
