@@ -20,7 +20,9 @@ _ISO8601 = "ISO8601"
 
 def _first_line(error: Exception) -> str:
     """pandas' parsing errors end in general advice over several lines; keep the line that names the value."""
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    text = str(error).strip()
+    line = text.splitlines()[0] if text else type(error).__name__
+    return line.removesuffix(" You might want to try:").removesuffix(".").strip()
 
 
 def _mixed_offsets(error: Exception) -> bool:
@@ -132,9 +134,18 @@ def parse_timestamps(
         if not any(dates.equals(other) for _, other in readings):
             readings.append((fmt, dates))
     if not readings:
+        guessed = next((fmt for fmt in formats if fmt is not None), None)
+        if guessed is None:
+            detail = f"no date format fits the first value {first!r} ({'; '.join(errors)})"
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                failed = pd.to_datetime(text, format=guessed, errors="coerce", utc=utc).isna().to_numpy()
+            row = int(np.flatnonzero(failed)[0]) if failed.any() else 0
+            detail = f"data row {row} ({text.iloc[row]!r}) does not match {guessed!r}, the format of the first value"
         raise ValueError(
-            f"{label}: cannot parse the {date_column!r} column as dates with one format for every row (first value "
-            f"{first!r}; tried {'; '.join(errors)}); pass `date_format=...` (e.g. '%d/%m/%Y %H:%M')"
+            f"{label}: cannot parse the {date_column!r} column as dates with one format for every row: {detail}; pass "
+            "`date_format=...` (e.g. '%d/%m/%Y %H:%M')"
         )
     regular = [reading for reading in readings if _is_regular(reading[1])]
     increasing = [reading for reading in readings if reading[1].is_monotonic_increasing]
