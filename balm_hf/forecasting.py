@@ -259,8 +259,8 @@ class BalmTsfForecaster:
 
         Raises:
             `ValueError`: the forecast holds NaN or infinite values (the series and column are named).
-            `RuntimeError`: a model in bfloat16, float16 or float64 that cannot run on its device (the message says
-                to load it in float32).
+            `RuntimeError` or `ValueError`: a model in bfloat16, float16 or float64 that cannot run on its device or
+                that the model rejects (the message says to load it in float32).
         """
         windows = np.asarray(windows, dtype=np.float64)
         expected = (self.context_length, len(self.columns))
@@ -297,13 +297,14 @@ class BalmTsfForecaster:
                 self.model(past_values=chunk.to(self.device)).prediction_outputs.double().cpu()
                 for chunk in torch.split(scaled, step)
             ]
-        except RuntimeError as error:
+        except (RuntimeError, TypeError, ValueError) as error:
             if dtype == torch.float32:
                 raise
-            raise RuntimeError(
+            message = (
                 f"the model runs in {dtype} and failed on {self.device} ({error}); load it in float32 "
                 "(`dtype=torch.float32`, or `model.float()`) to forecast on this device"
-            ) from error
+            )
+            raise (RuntimeError(message) if isinstance(error, RuntimeError) else ValueError(message)) from error
         finally:
             self.model.train(was_training)
         prediction = torch.cat(outputs)  # [rows x prediction_length x model channels]
@@ -527,6 +528,23 @@ class BalmTsfForecaster:
 # -- helpers ---------------------------------------------------------------------------------------------------------
 
 
+def _load_preprocessor(source: str | os.PathLike) -> BalmTsfPreprocessor:
+    """`BalmTsfPreprocessor.from_pretrained`, with a missing local folder or file reported as missing."""
+    text = os.fspath(source)
+    local = Path(text).expanduser()
+    if local.exists():
+        return BalmTsfPreprocessor.from_pretrained(str(local))
+    if not _is_hub_id(text):
+        raise FileNotFoundError(f"No preprocessor at {text!r} (no such folder or file, and not a Hub repository id)")
+    try:
+        return BalmTsfPreprocessor.from_pretrained(text)
+    except OSError as error:
+        raise FileNotFoundError(
+            f"No preprocessor at {text!r}: there is no such local folder, and loading it as a Hub repository failed "
+            f"({error})"
+        ) from error
+
+
 def _is_hub_id(name: str) -> bool:
     """Whether `name` has the form of a Hub repository id (`name` or `owner/name`)."""
     try:
@@ -598,7 +616,7 @@ def forecast(
     ```
     """
     if isinstance(preprocessor, (str, os.PathLike)):
-        preprocessor = BalmTsfPreprocessor.from_pretrained(str(preprocessor))
+        preprocessor = _load_preprocessor(preprocessor)
     if isinstance(model_or_path, BalmTsfForecaster):
         forecaster = model_or_path
         if preprocessor is not None or device is not None:

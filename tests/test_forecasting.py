@@ -360,6 +360,8 @@ def test_missing_local_folder_is_reported_as_missing(tmp_path):
         BalmTsfForecaster.from_pretrained(tmp_path / "absent")
     with pytest.raises(FileNotFoundError, match=r"No trained folder at 'runs/absent_run': there is no such local"):
         forecast("runs/absent_run", pd.DataFrame())
+    with pytest.raises(FileNotFoundError, match=r"No preprocessor at .*absent.*no such folder or file"):
+        forecast(tiny_model(), pd.DataFrame(), preprocessor=tmp_path / "absent")
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
