@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 # Each exported name and the submodule that defines it.
 _EXPORTS: dict[str, str] = {
     "validate_folder": "artifacts",
-    "BalmTsfDataCollator": "data",
+    "BalmTsfDataCollator": "collator",
     "BalmTsfPreprocessor": "data",
     "load_forecasting_dataset": "data",
     "BalmTsfForecaster": "forecasting",
@@ -81,7 +81,8 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .artifacts import validate_folder
-    from .data import BalmTsfDataCollator, BalmTsfPreprocessor, load_forecasting_dataset
+    from .collator import BalmTsfDataCollator
+    from .data import BalmTsfPreprocessor, load_forecasting_dataset
     from .forecasting import BalmTsfForecaster, forecast, plot_forecast
     from .hub import push_folder_to_hub, render_model_card
     from .metrics import compute_forecasting_metrics, load_forecasting_metric, make_compute_metrics

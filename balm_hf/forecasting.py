@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,8 +11,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 
-from .data import BalmTsfPreprocessor
+from .data import BalmTsfPreprocessor, check_increasing, infer_frequency, parse_timestamps
 from .models.balm_tsf.modeling_balm_tsf import BalmTsfForForecasting
 
 
@@ -22,6 +23,7 @@ logger = logging.getLogger(__name__)
 SERIES_ID_COLUMN = "series_id"
 STEP_COLUMN = "step"
 _LOAD_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "subfolder", "force_download")
+_MODEL_ONLY_KWARGS = ("dtype",)
 
 
 class BalmTsfForecaster:
@@ -29,8 +31,12 @@ class BalmTsfForecaster:
     Forecast the next `prediction_length` steps of new series with a trained BALM-TSF model and its fitted scaler.
 
     The input is scaled with the preprocessor the model was trained with, the model runs on the last
-    `context_length` rows, and the forecast is mapped back to the input's units. Future timestamps continue the input's
-    time axis at its frequency (`pandas.infer_freq`, falling back to the frequency recorded in the preprocessor).
+    `context_length` rows, and the forecast is mapped back to the input's units. Text timestamps are read with the
+    format recorded in the preprocessor at training (the same parser as the loader, see
+    [`~balm_hf.data.parse_timestamps`]); future timestamps continue the input's time axis at its frequency
+    (`pandas.infer_freq`). Irregular input timestamps are an error unless `freq` is given. A model in another floating
+    dtype (bfloat16, float16, float64) runs in its dtype and the forecast is returned as float64 in the input's units;
+    a forecast that is not finite is an error naming the column, never returned.
 
     Channel handling follows the checkpoint: a channel-independent model (`num_input_channels=1`, the paper's setting)
     forecasts every column as its own univariate series; a multichannel model gets all columns at once. In paper mode
@@ -96,20 +102,40 @@ class BalmTsfForecaster:
             pretrained_model_name_or_path (`str` or `os.PathLike`): a trained folder or a Hub repository id.
             device (`str` or `torch.device`, *optional*): where to run the model (default: CPU).
             kwargs: `revision`, `token`, `cache_dir`, `local_files_only`, `subfolder` or `force_download`, passed to
-                both `from_pretrained` calls.
+                both `from_pretrained` calls; `dtype` (e.g. `torch.bfloat16`), passed to the model's only.
+
+        Raises:
+            `FileNotFoundError`: a local folder that does not exist (a path that cannot be a Hub id, or a Hub-id-like
+                name that is neither a local folder nor loadable from the Hub), or a folder without
+                `preprocessor_config.json`.
         """
-        unknown = sorted(set(kwargs) - set(_LOAD_KWARGS))
+        unknown = sorted(set(kwargs) - set(_LOAD_KWARGS) - set(_MODEL_ONLY_KWARGS))
         if unknown:
-            raise TypeError(f"unexpected arguments {unknown}; accepted: {list(_LOAD_KWARGS)}")
-        source = str(pretrained_model_name_or_path)
-        local = Path(source)
-        if local.is_dir() and not (local / "preprocessor_config.json").is_file():
+            raise TypeError(f"unexpected arguments {unknown}; accepted: {list(_LOAD_KWARGS + _MODEL_ONLY_KWARGS)}")
+        source = os.fspath(pretrained_model_name_or_path)
+        local = Path(source).expanduser()
+        if local.exists() and not local.is_dir():
+            raise FileNotFoundError(f"{source!r} is a file, not a trained folder")
+        if not local.exists() and not _is_hub_id(source):
+            raise FileNotFoundError(f"No trained folder at {source!r} (no such folder, and not a Hub repository id)")
+        if local.is_dir():
+            source = str(local)
+            if not (local / "preprocessor_config.json").is_file():
+                raise FileNotFoundError(
+                    f"{local / 'preprocessor_config.json'} is missing: the forecaster needs the scaler the model was "
+                    "trained with"
+                )
+        shared = {key: value for key, value in kwargs.items() if key in _LOAD_KWARGS}
+        try:
+            model = BalmTsfForForecasting.from_pretrained(source, use_safetensors=True, **kwargs)
+            preprocessor = BalmTsfPreprocessor.from_pretrained(source, **shared)
+        except OSError as error:
+            if local.is_dir():
+                raise
             raise FileNotFoundError(
-                f"{local / 'preprocessor_config.json'} is missing: the forecaster needs the scaler the model was "
-                "trained with"
-            )
-        model = BalmTsfForForecasting.from_pretrained(source, use_safetensors=True, **kwargs)
-        preprocessor = BalmTsfPreprocessor.from_pretrained(source, **kwargs)
+                f"No trained folder at {source!r}: there is no such local folder, and loading it as a Hub repository "
+                f"failed ({error})"
+            ) from error
         model.eval()
         if device is not None:
             model.to(device)
@@ -130,7 +156,27 @@ class BalmTsfForecaster:
 
     # -- input parsing ----------------------------------------------------------------------------------------------
 
-    def _frame_values(self, frame: pd.DataFrame, date_column: str, label: str) -> tuple[np.ndarray, pd.DatetimeIndex]:
+    def _parse_dates(self, raw: Any, date_column: str, label: str, date_format: str | None) -> pd.DatetimeIndex:
+        """Read timestamps with the given format, else the one recorded at training (else found again)."""
+        recorded = date_format is None and self.preprocessor.date_format is not None
+        fmt = date_format or self.preprocessor.date_format
+        try:
+            dates, _ = parse_timestamps(
+                raw, date_format=fmt, utc=self.preprocessor.utc, label=label, date_column=date_column
+            )
+        except ValueError as error:
+            if not recorded:
+                raise
+            raise ValueError(
+                f"{error} (the format of the training data, recorded in the preprocessor; pass `date_format=` for "
+                "timestamps written differently)"
+            ) from error
+        check_increasing(dates, label, date_column)
+        return dates
+
+    def _frame_values(
+        self, frame: pd.DataFrame, date_column: str, label: str, date_format: str | None = None
+    ) -> tuple[np.ndarray, pd.DatetimeIndex]:
         """The last `context_length` rows of the channels (raw units) and the full timestamp index of `frame`."""
         missing = [column for column in self.columns if column not in frame.columns]
         if missing:
@@ -146,7 +192,7 @@ class BalmTsfForecaster:
                 f"{label} has no {date_column!r} column and no DatetimeIndex; pass `date_column=` to name the "
                 "timestamp column"
             )
-        dates = _parse_dates(raw_dates, date_column, label)
+        dates = self._parse_dates(raw_dates, date_column, label, date_format)
         rows = len(frame)
         if rows < self.context_length:
             raise ValueError(
@@ -188,10 +234,17 @@ class BalmTsfForecaster:
 
     # -- model ------------------------------------------------------------------------------------------------------
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating dtype the model runs in (its parameters' dtype)."""
+        return next(self.model.parameters()).dtype
+
     @torch.no_grad()
-    def forecast_windows(self, windows: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+    def forecast_windows(
+        self, windows: np.ndarray, batch_size: int | None = None, labels: Sequence[str] | None = None
+    ) -> np.ndarray:
         r"""
-        Forecast raw-unit windows: scale, run the model, invert the scaling.
+        Forecast raw-unit windows: scale, run the model in its dtype, invert the scaling, check the result is finite.
 
         Args:
             windows (`np.ndarray` of shape `[series, context_length, channels]`): raw values, channels in `columns`
@@ -199,9 +252,15 @@ class BalmTsfForecaster:
             batch_size (`int`, *optional*):
                 Model batch size in series (channel-independent models count channels as series). Defaults to all at
                 once, which makes each forecast independent of how the input is chunked.
+            labels (`Sequence[str]`, *optional*): a name per series for error messages (default `"series <i>"`).
 
         Returns:
-            `np.ndarray` of shape `[series, prediction_length, channels]` in the units of `windows`.
+            `np.ndarray` of shape `[series, prediction_length, channels]` (float64) in the units of `windows`.
+
+        Raises:
+            `ValueError`: the forecast holds NaN or infinite values (the series and column are named).
+            `RuntimeError` or `ValueError`: a model in bfloat16, float16 or float64 that cannot run on its device or
+                that the model rejects (the message says to load it in float32).
         """
         windows = np.asarray(windows, dtype=np.float64)
         expected = (self.context_length, len(self.columns))
@@ -211,8 +270,18 @@ class BalmTsfForecaster:
             isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
         ):
             raise ValueError(f"`batch_size` must be a positive integer or None, got {batch_size!r}")
+        if labels is not None and len(labels) != len(windows):
+            raise ValueError(f"`labels` has {len(labels)} names for {len(windows)} series")
+        dtype = self.dtype
+        if not dtype.is_floating_point:
+            raise TypeError(f"the model's parameters are {dtype}; a floating dtype is needed (e.g. torch.float32)")
         series, length, channels = windows.shape
-        scaled = torch.as_tensor(self.preprocessor.transform(windows), dtype=torch.float32)
+        scaled_values = self.preprocessor.transform(windows)
+        scaled = (
+            torch.as_tensor(scaled_values, dtype=torch.float32)
+            if dtype == torch.float32
+            else torch.as_tensor(scaled_values).to(dtype)
+        )
         folded = self.model.config.num_input_channels == 1 and channels > 1
         if folded:
             # One univariate series per (series, channel): [series*channels x context_length x 1]
@@ -225,15 +294,47 @@ class BalmTsfForecaster:
         self.model.eval()
         try:
             outputs = [
-                self.model(past_values=chunk.to(self.device)).prediction_outputs.float().cpu()
+                self.model(past_values=chunk.to(self.device)).prediction_outputs.double().cpu()
                 for chunk in torch.split(scaled, step)
             ]
+        except (RuntimeError, TypeError, ValueError) as error:
+            if dtype == torch.float32:
+                raise
+            message = (
+                f"the model runs in {dtype} and failed on {self.device} ({error}); load it in float32 "
+                "(`dtype=torch.float32`, or `model.float()`) to forecast on this device"
+            )
+            raise (RuntimeError(message) if isinstance(error, RuntimeError) else ValueError(message)) from error
         finally:
             self.model.train(was_training)
         prediction = torch.cat(outputs)  # [rows x prediction_length x model channels]
         if folded:
             prediction = prediction.reshape(series, channels, self.prediction_length).permute(0, 2, 1)
-        return np.asarray(self.preprocessor.inverse_transform(prediction.numpy().astype(np.float64)))
+        result = np.asarray(self.preprocessor.inverse_transform(prediction.numpy()), dtype=np.float64)
+        self._check_forecast(result, windows, labels)
+        return result
+
+    def _check_forecast(self, result: np.ndarray, windows: np.ndarray, labels: Sequence[str] | None) -> None:
+        """Raise naming the series and column of the first NaN or infinite forecast value."""
+        bad = ~np.isfinite(result)
+        if not bad.any():
+            return
+        index, step, column = (int(value) for value in np.argwhere(bad)[0])
+        label = labels[index] if labels is not None else f"series {index}"
+        kind = "NaN" if np.isnan(result[index, step, column]) else "infinite"
+        name = self.columns[column]
+        largest = float(np.abs(windows[index, :, column]).max())
+        weights_finite = all(bool(torch.isfinite(parameter).all()) for parameter in self.model.parameters())
+        cause = (
+            "the model's weights hold NaN or infinite values"
+            if not weights_finite
+            else f"the largest |value| of the column in the rows the model read is {largest:.6g}, possibly too large "
+            f"for the model in {self.dtype}"
+        )
+        raise ValueError(
+            f"{label}: the forecast of column {name!r} is {kind} (first at step {step + 1} of "
+            f"{self.prediction_length}); {cause}. No forecast is returned"
+        )
 
     # -- public API -------------------------------------------------------------------------------------------------
 
@@ -245,6 +346,7 @@ class BalmTsfForecaster:
         id_column: str | None = None,
         last_timestamp: str | pd.Timestamp | None = None,
         batch_size: int | None = None,
+        date_format: str | None = None,
     ) -> pd.DataFrame | list[pd.DataFrame]:
         r"""
         Forecast the `prediction_length` steps that follow the end of each input series.
@@ -262,11 +364,19 @@ class BalmTsfForecaster:
             date_column (`str`, *optional*): the timestamp column; defaults to the preprocessor's (`"date"`).
             freq (`str`, *optional*):
                 Frequency of the future timestamps (a pandas alias such as `"h"` or `"15min"`). Defaults to
-                `pandas.infer_freq` of the input's timestamps, then to the frequency recorded at training time.
-            id_column (`str`, *optional*): for a stacked DataFrame, the column that identifies each series.
+                `pandas.infer_freq` of the input's timestamps; irregular timestamps (gaps, changing steps) are then an
+                error naming the first irregular step. For array input it defaults to the frequency recorded at
+                training time.
+            id_column (`str`, *optional*):
+                For a stacked DataFrame, the column that identifies each series; an empty (NaN) id is an error naming
+                the rows.
             last_timestamp (`str` or `pd.Timestamp`, *optional*):
                 For array input: the timestamp of the last row; the output then has a `date` column instead of `step`.
             batch_size (`int`, *optional*): model batch size (see [`~BalmTsfForecaster.forecast_windows`]).
+            date_format (`str`, *optional*):
+                `strftime` format of text timestamps (and of a text `last_timestamp`). Defaults to the format recorded
+                in the preprocessor at training; for preprocessors saved without one, the format is found from the
+                input as the loader does (see [`~balm_hf.data.parse_timestamps`]).
 
         Returns:
             - DataFrame input: a DataFrame of `prediction_length` rows with the timestamp column and one column per
@@ -280,19 +390,22 @@ class BalmTsfForecaster:
 
         Raises:
             `ValueError`: too little history (the message says how many rows are needed), missing channels (named),
-                NaN or infinite values (column and row named), timestamps that are not strictly increasing, or a
-                frequency that cannot be determined.
+                NaN or infinite values (column and row named), timestamps that are not strictly increasing or that
+                cannot be parsed with one format, irregular timestamps without `freq`, empty series ids, or a forecast
+                that is not finite (column named).
         """
         date_column = date_column or self.preprocessor.date_column or "date"
         if isinstance(data, pd.DataFrame):
             if id_column is not None:
-                return self._predict_stacked(data, id_column, date_column, freq, batch_size)
-            return self._predict_frames([data], date_column, freq, batch_size, ["input"])[0]
+                return self._predict_stacked(data, id_column, date_column, freq, batch_size, date_format)
+            return self._predict_frames([data], date_column, freq, batch_size, ["input"], date_format)[0]
         if isinstance(data, (np.ndarray, torch.Tensor)):
             array = data.detach().cpu().numpy() if isinstance(data, torch.Tensor) else data
             windows = self._array_windows(array, "input array")
-            forecasts = self.forecast_windows(windows, batch_size)
-            frames = [self._future_frame(forecast, None, freq, last_timestamp) for forecast in forecasts]
+            names = ["input array"] if array.ndim != 3 else [f"input array series {i}" for i in range(len(windows))]
+            forecasts = self.forecast_windows(windows, batch_size, labels=names)
+            last = self._last_timestamp(last_timestamp, date_format)
+            frames = [self._future_frame(forecast, None, freq, last) for forecast in forecasts]
             return frames if array.ndim == 3 else frames[0]
         if isinstance(data, (list, tuple)):
             if not data:
@@ -301,7 +414,7 @@ class BalmTsfForecaster:
             if wrong:
                 raise TypeError(f"a list input must hold DataFrames only; items {wrong} are not")
             return self._predict_frames(
-                list(data), date_column, freq, batch_size, [f"series {i}" for i in range(len(data))]
+                list(data), date_column, freq, batch_size, [f"series {i}" for i in range(len(data))], date_format
             )
         raise TypeError(
             f"`data` must be a DataFrame, a list of DataFrames or a numpy array, got {type(data).__name__}"
@@ -314,22 +427,42 @@ class BalmTsfForecaster:
         freq: str | None,
         batch_size: int | None,
         labels: list[str],
+        date_format: str | None = None,
     ) -> list[pd.DataFrame]:
-        parsed = [self._frame_values(frame, date_column, label) for frame, label in zip(frames, labels, strict=True)]
-        forecasts = self.forecast_windows(np.stack([values for values, _ in parsed]), batch_size)
+        parsed = [
+            self._frame_values(frame, date_column, label, date_format)
+            for frame, label in zip(frames, labels, strict=True)
+        ]
+        forecasts = self.forecast_windows(np.stack([values for values, _ in parsed]), batch_size, labels=labels)
         return [
             self._future_frame(forecast, dates, freq, None, date_column=date_column, label=label)
             for forecast, (_, dates), label in zip(forecasts, parsed, labels, strict=True)
         ]
 
     def _predict_stacked(
-        self, data: pd.DataFrame, id_column: str, date_column: str, freq: str | None, batch_size: int | None
+        self,
+        data: pd.DataFrame,
+        id_column: str,
+        date_column: str,
+        freq: str | None,
+        batch_size: int | None,
+        date_format: str | None = None,
     ) -> pd.DataFrame:
         if id_column not in data.columns:
             raise ValueError(f"`id_column` {id_column!r} is not a column of the input (columns: {list(data.columns)})")
-        groups = [(key, group) for key, group in data.groupby(id_column, sort=False)]
+        empty = data[id_column].isna().to_numpy()
+        if empty.any():
+            rows = np.flatnonzero(empty)
+            shown = ", ".join(str(int(row)) for row in rows[:10]) + (", ..." if len(rows) > 10 else "")
+            raise ValueError(
+                f"`id_column` {id_column!r} is empty (NaN) in {len(rows)} rows of the input (rows {shown}, counted "
+                "from 0); every row must name its series: fill or drop these rows"
+            )
+        groups = [(key, group) for key, group in data.groupby(id_column, sort=False, dropna=False)]
         labels = [f"series {id_column}={key!r}" for key, _ in groups]
-        frames = self._predict_frames([group for _, group in groups], date_column, freq, batch_size, labels)
+        frames = self._predict_frames(
+            [group for _, group in groups], date_column, freq, batch_size, labels, date_format
+        )
         for (key, _), frame in zip(groups, frames, strict=True):
             frame.insert(0, id_column, key)
         return pd.concat(frames, ignore_index=True)
@@ -350,22 +483,19 @@ class BalmTsfForecaster:
         if dates is None:
             last = pd.Timestamp(last_timestamp)
             frequency = freq or self.preprocessor.frequency
-            source = "the preprocessor"
+            source = "`freq`" if freq else "the preprocessor"
+            if frequency is None:
+                raise ValueError(
+                    f"cannot place the forecast of {label} in time: the preprocessor records no frequency; pass "
+                    "`freq=` (e.g. 'h' or '15min')"
+                )
         else:
             last = dates[-1]
             frequency, source = freq, "`freq`"
             if frequency is None:
-                frequency, source = _infer_frequency(dates), "the input's timestamps"
+                frequency, source = infer_frequency(dates), "the input's timestamps"
             if frequency is None:
-                frequency, source = (
-                    self.preprocessor.frequency,
-                    "the preprocessor (the input's frequency is irregular)",
-                )
-        if frequency is None:
-            raise ValueError(
-                f"cannot determine the frequency of {label}: its timestamps are irregular or too few and the "
-                "preprocessor records none; pass `freq=` (e.g. 'h' or '15min')"
-            )
+                raise ValueError(f"{label}: {_describe_irregular(dates)}; pass `freq=` (e.g. 'h' or '15min')")
         if source == "the input's timestamps" and self.preprocessor.frequency not in (None, frequency):
             logger.warning(
                 "%s is sampled every %r but the model was trained on data sampled every %r",
@@ -380,40 +510,63 @@ class BalmTsfForecaster:
         frame.insert(0, date_column, future)
         return frame
 
+    def _last_timestamp(
+        self, last_timestamp: str | pd.Timestamp | None, date_format: str | None
+    ) -> pd.Timestamp | None:
+        """`last_timestamp` of array input, text read with the given or the recorded format."""
+        if last_timestamp is None or isinstance(last_timestamp, pd.Timestamp):
+            return last_timestamp
+        fmt = date_format or self.preprocessor.date_format
+        if fmt is None or not isinstance(last_timestamp, str):
+            return pd.Timestamp(last_timestamp)
+        dates, _ = parse_timestamps(
+            [last_timestamp], date_format=fmt, utc=self.preprocessor.utc, label="`last_timestamp`", date_column="date"
+        )
+        return dates[0]
+
 
 # -- helpers ---------------------------------------------------------------------------------------------------------
 
 
-def _parse_dates(raw: pd.Series, date_column: str, label: str) -> pd.DatetimeIndex:
-    empty = raw.isna().to_numpy()
-    if empty.any():
-        row = int(np.flatnonzero(empty)[0])
-        raise ValueError(f"{label}: empty {date_column!r} value at row {row}")
+def _load_preprocessor(source: str | os.PathLike) -> BalmTsfPreprocessor:
+    """`BalmTsfPreprocessor.from_pretrained`, with a missing local folder or file reported as missing."""
+    text = os.fspath(source)
+    local = Path(text).expanduser()
+    if local.exists():
+        return BalmTsfPreprocessor.from_pretrained(str(local))
+    if not _is_hub_id(text):
+        raise FileNotFoundError(f"No preprocessor at {text!r} (no such folder or file, and not a Hub repository id)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            dates = pd.DatetimeIndex(pd.to_datetime(raw))
-    except (ValueError, TypeError) as error:
-        raise ValueError(f"{label}: cannot parse the {date_column!r} column as timestamps ({error})") from error
-    steps = np.diff(dates.asi8)
-    if (steps <= 0).any():
-        row = int(np.flatnonzero(steps <= 0)[0]) + 1
-        problem = "repeats" if steps[row - 1] == 0 else "goes back in time"
-        raise ValueError(
-            f"{label}: the {date_column!r} column {problem} at row {row} ({dates[row]} after {dates[row - 1]}); "
-            "timestamps must be strictly increasing (sort the rows and drop duplicates)"
-        )
-    return dates
+        return BalmTsfPreprocessor.from_pretrained(text)
+    except OSError as error:
+        raise FileNotFoundError(
+            f"No preprocessor at {text!r}: there is no such local folder, and loading it as a Hub repository failed "
+            f"({error})"
+        ) from error
 
 
-def _infer_frequency(dates: pd.DatetimeIndex) -> str | None:
+def _is_hub_id(name: str) -> bool:
+    """Whether `name` has the form of a Hub repository id (`name` or `owner/name`)."""
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _describe_irregular(dates: pd.DatetimeIndex) -> str:
+    """Why future timestamps cannot be placed after `dates`: too few, or the first step that differs from the usual."""
     if len(dates) < 3:
-        return None
-    try:
-        frequency = pd.infer_freq(dates)
-    except (ValueError, TypeError):
-        return None
-    return frequency
+        return f"{len(dates)} timestamps are too few to infer the frequency of the future timestamps"
+    steps = np.diff(dates.asi8)
+    values, counts = np.unique(steps, return_counts=True)
+    usual = values[np.argmax(counts)]
+    row = int(np.flatnonzero(steps != usual)[0]) + 1 if (steps != usual).any() else 1
+    usual_step = pd.Timedelta(int(usual), unit=dates.unit)
+    return (
+        f"the timestamps are irregular, so the future timestamps cannot be placed: row {row} ({dates[row]}) comes "
+        f"{dates[row] - dates[row - 1]} after row {row - 1}, most rows are {usual_step} apart"
+    )
 
 
 def _check_finite(values: np.ndarray, columns: list[str], first_row: int, label: str) -> None:
@@ -463,7 +616,7 @@ def forecast(
     ```
     """
     if isinstance(preprocessor, (str, os.PathLike)):
-        preprocessor = BalmTsfPreprocessor.from_pretrained(str(preprocessor))
+        preprocessor = _load_preprocessor(preprocessor)
     if isinstance(model_or_path, BalmTsfForecaster):
         forecaster = model_or_path
         if preprocessor is not None or device is not None:
@@ -496,6 +649,7 @@ def plot_forecast(
     columns: Sequence[str] | None = None,
     date_column: str = "date",
     history_steps: int | None = None,
+    date_format: str | None = None,
 ) -> Path:
     r"""
     Write a PNG with one panel per channel: the end of the history and the forecast that follows it.
@@ -511,6 +665,8 @@ def plot_forecast(
             for a forecast made from an array).
         history_steps (`int`, *optional*): how many trailing history rows to draw; defaults to four times the forecast
             length.
+        date_format (`str`, *optional*): `strftime` format of text timestamps in both frames; by default found as the
+            loader does (see [`~balm_hf.data.parse_timestamps`]), so day-first dates are drawn day-first.
 
     Returns:
         `Path`: the written file.
@@ -543,13 +699,20 @@ def plot_forecast(
     tail = history.iloc[-steps:]
     if axis_column == STEP_COLUMN:
         history_x = np.arange(-len(tail) + 1, 1)
-    elif date_column in tail.columns:
-        history_x = pd.to_datetime(tail[date_column])
+    elif date_column in history.columns:
+        history_dates, _ = parse_timestamps(
+            history[date_column], date_format, label="history", date_column=date_column
+        )
+        history_x = history_dates[len(history_dates) - len(tail) :]
     elif isinstance(tail.index, pd.DatetimeIndex):
         history_x = tail.index
     else:
         raise ValueError(f"`history` has no {date_column!r} column and no DatetimeIndex to place it in time")
-    future_x = forecast[axis_column] if axis_column == STEP_COLUMN else pd.to_datetime(forecast[axis_column])
+    future_x = (
+        forecast[axis_column]
+        if axis_column == STEP_COLUMN
+        else parse_timestamps(forecast[axis_column], date_format, label="forecast", date_column=axis_column)[0]
+    )
 
     figure = Figure(figsize=(10, 2.2 * len(columns)), layout="constrained")
     axes = figure.subplots(len(columns), 1, sharex=True, squeeze=False)[:, 0]

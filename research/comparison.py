@@ -38,7 +38,8 @@ from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import ModelOutput
 
 from balm_hf.artifacts import git_revision
-from balm_hf.data import BalmTsfDataCollator, load_forecasting_dataset
+from balm_hf.collator import BalmTsfDataCollator
+from balm_hf.data import load_forecasting_dataset
 from balm_hf.metrics import make_compute_metrics
 from balm_hf.models.balm_tsf.backbones import DEFAULT_BACKBONE, SMOLLM2_BACKBONE
 from balm_hf.models.balm_tsf.configuration_balm_tsf import FAST_MODE_SWITCHES, BalmTsfConfig

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+import logging
+import os
 import pickle
 
 import datasets
@@ -424,3 +427,158 @@ def test_collator_rejects_items_without_past_values():
         BalmTsfDataCollator()([])
     with pytest.raises(ValueError, match="must carry `past_values`"):
         BalmTsfDataCollator()([{"future_values": np.zeros((4, 1))}])
+
+
+# -- timestamps, duplicates, cache and unreadable files ------------------------------------------------------------
+
+
+def test_loader_records_the_date_format_it_found_or_was_given(tmp_path):
+    write_csv(tmp_path / "day_first.csv", date_format="%d/%m/%Y %H:%M")
+    found = load_forecasting_dataset(tmp_path / "day_first.csv", 24, 12, target="load", cache_dir=tmp_path / "c")
+    assert found.preprocessor.date_format == "%d/%m/%Y %H:%M"
+    assert found.preprocessor.last_timestamp == "2021-03-09T07:00:00"
+    given = load_forecasting_dataset(
+        tmp_path / "day_first.csv", 24, 12, target="load", date_format="%d/%m/%Y %H:%M", cache_dir=tmp_path / "c"
+    )
+    assert given.preprocessor.date_format == "%d/%m/%Y %H:%M"
+    given.preprocessor.save_pretrained(tmp_path / "saved")
+    assert BalmTsfPreprocessor.from_pretrained(tmp_path / "saved").date_format == "%d/%m/%Y %H:%M"
+
+
+def test_integer_date_column_is_an_error_unless_a_format_is_given(tmp_path):
+    frame = write_csv(tmp_path / "good.csv", freq="D")
+    frame.assign(date=np.arange(len(frame))).to_csv(tmp_path / "numbers.csv", index=False)
+    with pytest.raises(ValueError, match=r"numbers\.csv: the 'date' column holds plain numbers \(first: '0'\)"):
+        load_forecasting_dataset(tmp_path / "numbers.csv", 24, 12, target="load", cache_dir=tmp_path / "c")
+    digits = pd.to_datetime(frame["date"]).dt.strftime("%Y%m%d").astype(int)
+    frame.assign(date=digits).to_csv(tmp_path / "digits.csv", index=False)
+    splits = load_forecasting_dataset(
+        tmp_path / "digits.csv", 24, 12, target="load", date_format="%Y%m%d", cache_dir=tmp_path / "c"
+    )
+    assert splits.preprocessor.frequency == "D"
+    assert splits.preprocessor.last_timestamp == "2021-09-16T00:00:00"
+
+
+def test_utc_offsets_changing_across_daylight_saving_need_utc(tmp_path):
+    frame = write_csv(tmp_path / "good.csv")
+    paris = pd.date_range("2021-03-20", periods=len(frame), freq="h", tz="Europe/Paris")
+    frame.assign(date=paris.strftime("%Y-%m-%d %H:%M:%S%z")).to_csv(tmp_path / "dst.csv", index=False)
+    with pytest.raises(ValueError, match=r"dst\.csv: the 'date' timestamps carry different UTC offsets.*utc=True"):
+        load_forecasting_dataset(tmp_path / "dst.csv", 24, 12, target="load", cache_dir=tmp_path / "c")
+    splits = load_forecasting_dataset(tmp_path / "dst.csv", 24, 12, target="load", utc=True, cache_dir=tmp_path / "c")
+    assert splits.preprocessor.utc is True
+    assert splits.preprocessor.frequency == "h"
+    assert splits.preprocessor.last_timestamp == paris[-1].tz_convert("UTC").isoformat()
+
+
+def write_weather(path, num_rows: int = 52_696, duplicate_row: int = 19_043) -> pd.DataFrame:
+    """A Weather-shaped file (date, 21 channels ending in OT, 10-minute steps) repeating one row like the real one."""
+    rng = np.random.default_rng(2)
+    dates = pd.date_range("2020-01-01 00:10:00", periods=num_rows - 1, freq="10min")
+    columns = [f"c{index}" for index in range(20)] + ["OT"]
+    frame = pd.DataFrame(rng.normal(size=(num_rows - 1, 21)).round(3), columns=columns)
+    frame.insert(0, "date", dates.astype(str))
+    frame = pd.concat([frame.iloc[: duplicate_row + 1], frame.iloc[duplicate_row:]], ignore_index=True)
+    frame.to_csv(path, index=False)
+    return frame
+
+
+def test_weather_with_its_repeated_timestamp_loads_with_the_published_split(tmp_path, caplog):
+    raw = write_weather(tmp_path / "weather.csv")
+    assert raw["date"].iloc[19_043] == raw["date"].iloc[19_044] == "2020-05-12 06:00:00"
+    with caplog.at_level(logging.WARNING):
+        splits = load_forecasting_dataset("Weather", 96, 96, data_dir=tmp_path, cache_dir=tmp_path / "c")
+    assert (
+        "repeated timestamps in 'date', rows kept in file order: 2020-05-12 06:00:00 (data rows 19043 and 19044)"
+        in (caplog.text)
+    )
+    assert splits.preprocessor.num_rows == 52_696
+    assert splits.preprocessor.frequency == "10min"
+    # n_train = 36,887, n_val = 5,270, n_test = 10,539
+    assert splits.preprocessor.split_borders == {
+        "train": [0, 36_887],
+        "validation": [36_887 - 96, 36_887 + 5_270],
+        "test": [52_696 - 10_539 - 96, 52_696],
+    }
+    assert window_counts(splits, 21) == {"train": 36_887 - 191, "validation": 5_270 - 95, "test": 10_539 - 95}
+
+
+def test_user_csv_keeps_the_strict_duplicate_check_unless_asked(tmp_path, caplog):
+    write_weather(tmp_path / "weather.csv", num_rows=400, duplicate_row=100)
+    with caplog.at_level(logging.WARNING):
+        with pytest.raises(ValueError, match=r"weather\.csv: duplicate timestamps.*duplicate_timestamps='warn'"):
+            load_forecasting_dataset(tmp_path / "weather.csv", 24, 12, cache_dir=tmp_path / "c")
+        splits = load_forecasting_dataset(
+            tmp_path / "weather.csv", 24, 12, duplicate_timestamps="warn", cache_dir=tmp_path / "c"
+        )
+    assert splits.preprocessor.num_rows == 400
+    assert "split with the 70/10/20 ratio protocol" not in caplog.text  # Weather's own protocol is the same
+    with pytest.raises(ValueError, match=r"`duplicate_timestamps` must be one of \('error', 'warn'\), got 'drop'"):
+        load_forecasting_dataset(tmp_path / "weather.csv", 24, 12, duplicate_timestamps="drop")
+
+
+def test_exchange_by_path_gets_no_protocol_warning_but_ett_does(tmp_path, caplog):
+    write_csv(tmp_path / "exchange_rate.csv", num_rows=300, freq="D")
+    write_csv(tmp_path / "ETTh1.csv", num_rows=300)
+    with caplog.at_level(logging.WARNING):
+        load_forecasting_dataset(tmp_path / "exchange_rate.csv", 24, 12, target="load", cache_dir=tmp_path / "c")
+        assert "looks like" not in caplog.text
+        load_forecasting_dataset(tmp_path / "ETTh1.csv", 24, 12, target="load", cache_dir=tmp_path / "c")
+    assert "looks like the ETTh1 benchmark but is split with the 70/10/20 ratio protocol" in caplog.text
+
+
+def test_a_csv_rewritten_with_its_old_modification_time_is_read_again(tmp_path):
+    path = tmp_path / "mine.csv"
+    raw = write_csv(path)
+    first = load_forecasting_dataset(path, 24, 12, target="load", cache_dir=tmp_path / "c")
+    stat = path.stat()
+    changed = raw.assign(load=raw["load"][::-1].to_numpy())  # same cells in another order: same size
+    changed.to_csv(path, index=False)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns == stat.st_mtime_ns
+    second = load_forecasting_dataset(path, 24, 12, target="load", cache_dir=tmp_path / "c")
+    last = second["test"][second["test"].num_rows - 1]["future_values"][:, 0]
+    reference = scaled_reference(changed, ["temp", "price", "load"], 140)[188:200, 2]
+    np.testing.assert_allclose(last, reference, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(first["test"][first["test"].num_rows - 1]["future_values"][:, 0], last)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "match"),
+    [
+        (
+            "header.csv",
+            b"date,load,temp\n",
+            r"header\.csv: the file has a header \(\['date', 'load', 'temp'\]\) but no",
+        ),
+        (
+            "plain.csv.gz",
+            b"date,load\n2021-01-01,1\n",
+            r"plain\.csv\.gz: the name ends in \.gz but the file is not gzip",
+        ),
+        ("packed.csv", gzip.compress(b"date,load\n2021-01-01,1\n"), r"packed\.csv: the file is gzip-compressed but"),
+        (
+            "cut.csv.gz",
+            gzip.compress(b"date,load\n" + b"2021-01-01,1\n" * 500)[:60],
+            r"cut\.csv\.gz: the gzip data is",
+        ),
+        (
+            "latin.csv",
+            "date,température\n2021-01-01,1\n".encode("latin-1"),
+            r"latin\.csv: the file is not valid utf-8",
+        ),
+    ],
+)
+def test_unreadable_files_raise_naming_the_file(tmp_path, name, content, match):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(ValueError, match=match):
+        load_forecasting_dataset(tmp_path / name, 2, 1, target="load", cache_dir=tmp_path / "c")
+
+
+def test_encoding_option_reads_a_latin_1_file(tmp_path):
+    frame = write_csv(tmp_path / "good.csv").rename(columns={"temp": "température"})
+    frame.to_csv(tmp_path / "latin.csv", index=False, encoding="latin-1")
+    splits = load_forecasting_dataset(
+        tmp_path / "latin.csv", 24, 12, target="load", encoding="latin-1", cache_dir=tmp_path / "c"
+    )
+    assert splits.preprocessor.columns == ["température", "price", "load"]

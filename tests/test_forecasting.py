@@ -41,11 +41,13 @@ def history(etth1) -> pd.DataFrame:
     return etth1.tail(3 * CONTEXT_LENGTH).reset_index(drop=True)
 
 
-def manual_forecast(model: BalmTsfForForecasting, preprocessor, frame: pd.DataFrame) -> np.ndarray:
-    """Scale with the train statistics, run the model on the last context, invert the scaling: by hand."""
+def manual_forecast(
+    model: BalmTsfForForecasting, preprocessor, frame: pd.DataFrame, dtype: torch.dtype = torch.float32
+) -> np.ndarray:
+    """Scale with the train statistics, run the model (in `dtype`) on the last context, invert the scaling: by hand."""
     mean, std = np.array(preprocessor.mean), np.array(preprocessor.std)
     values = frame[preprocessor.columns].to_numpy(dtype=np.float64)[-CONTEXT_LENGTH:]
-    scaled = torch.tensor((values - mean) / std, dtype=torch.float32)  # [context x channels]
+    scaled = torch.tensor((values - mean) / std, dtype=dtype)  # [context x channels]
     if model.config.num_input_channels == 1:
         past_values = scaled.T.reshape(len(mean), CONTEXT_LENGTH, 1).contiguous()  # one series per channel
     else:
@@ -136,10 +138,16 @@ def test_batches_of_series_agree_across_input_formats(tmp_path, preprocessor, et
         np.testing.assert_allclose(alone[forecaster.columns], batched[forecaster.columns], rtol=1e-4, atol=1e-4)
 
 
-def test_irregular_timestamps_fall_back_to_the_training_frequency(folder, history):
+def test_irregular_timestamps_are_an_error_unless_freq_is_given(folder, history):
     gappy = history.drop(index=[10, 11, 50]).reset_index(drop=True)
-    result = forecast(folder, gappy)
     assert pd.infer_freq(pd.to_datetime(gappy["date"])) is None
+    with pytest.raises(
+        ValueError,
+        match=r"input: the timestamps are irregular.*row 10 \(2018-06-19 08:00:00\) comes 0 days 03:00:00 after row 9,"
+        r" most rows are 0 days 01:00:00 apart; pass `freq=`",
+    ):
+        forecast(folder, gappy)
+    result = forecast(folder, gappy, freq="h")
     assert (pd.DatetimeIndex(result["date"]).to_series().diff().dropna() == pd.Timedelta(hours=1)).all()
     last = pd.Timestamp(gappy["date"].iloc[-1])
     assert result["date"].iloc[0] == last + pd.Timedelta(hours=1)
@@ -258,3 +266,144 @@ def test_package_exports_the_forecasting_api():
     assert {"forecast", "BalmTsfForecaster", "plot_forecast", "push_folder_to_hub", "render_model_card"} <= set(
         balm_hf.__all__
     )
+
+
+# -- timestamps, series ids, dtypes and non-finite forecasts --------------------------------------------------------
+
+FIXTURE_DIR = Path(__file__).parent / "fixtures"
+
+
+def day_first_history(path: Path, num_rows: int = 200) -> pd.DataFrame:
+    """An hourly `dd/mm/YYYY HH:MM` CSV from 01/03/2021 whose days are all 12 or less; returns it as text."""
+    rng = np.random.default_rng(1)
+    dates = pd.date_range("2021-03-01", periods=num_rows, freq="h")
+    frame = pd.DataFrame(
+        {
+            "date": dates.strftime("%d/%m/%Y %H:%M"),
+            "load": rng.normal(10.0, 2.0, num_rows).round(3),
+            "temp": rng.normal(0.0, 5.0, num_rows).round(3),
+        }
+    )
+    frame.to_csv(path, index=False)
+    return pd.read_csv(path)
+
+
+@pytest.fixture
+def day_first(tmp_path):
+    """A day-first CSV, the preprocessor fitted on it, and a folder with a tiny model and that preprocessor."""
+    history = day_first_history(tmp_path / "day_first.csv")
+    splits = balm_hf.load_forecasting_dataset(
+        tmp_path / "day_first.csv", CONTEXT_LENGTH, PREDICTION_LENGTH, target="load", cache_dir=tmp_path / "cache"
+    )
+    folder = tmp_path / "run"
+    tiny_model().save_pretrained(folder)
+    splits.preprocessor.save_pretrained(folder)
+    return SimpleNamespace(history=history, preprocessor=splits.preprocessor, folder=folder, path=tmp_path)
+
+
+def test_day_first_dates_are_read_day_first_at_forecast_time(day_first):
+    assert day_first.preprocessor.date_format == "%d/%m/%Y %H:%M"
+    assert BalmTsfForecaster.from_pretrained(day_first.folder).preprocessor.date_format == "%d/%m/%Y %H:%M"
+    expected = pd.date_range("2021-03-09 08:00", periods=PREDICTION_LENGTH, freq="h")  # after 09/03/2021 07:00
+    result = forecast(day_first.folder, day_first.history)
+    pd.testing.assert_index_equal(pd.DatetimeIndex(result["date"]), expected, check_names=False)
+
+    output = day_first.path / "forecast.csv"
+    status = cli_main(
+        ["forecast", "--model", str(day_first.folder), "--input", str(day_first.path / "day_first.csv")]
+        + ["--output", str(output)]
+    )
+    assert status == 0
+    pd.testing.assert_index_equal(
+        pd.DatetimeIndex(pd.read_csv(output, parse_dates=["date"])["date"]), expected, check_names=False
+    )
+
+
+def test_preprocessor_without_a_recorded_format_still_reads_day_first(day_first):
+    legacy = json.loads((day_first.folder / "preprocessor_config.json").read_text())
+    del legacy["date_format"], legacy["utc"]
+    (day_first.folder / "preprocessor_config.json").write_text(json.dumps(legacy))
+    forecaster = BalmTsfForecaster.from_pretrained(day_first.folder)
+    assert forecaster.preprocessor.date_format is None
+    result = forecaster.predict(day_first.history)
+    assert result["date"].iloc[0] == pd.Timestamp("2021-03-09 08:00")
+
+
+def test_recorded_date_format_is_used_and_a_mismatch_names_it(day_first):
+    iso = day_first.history.assign(date=pd.to_datetime(day_first.history["date"], dayfirst=True).astype(str))
+    with pytest.raises(ValueError, match=r"cannot parse 'date' with date_format='%d/%m/%Y %H:%M'.*recorded in the"):
+        forecast(day_first.folder, iso)
+    reference = forecast(day_first.folder, day_first.history)
+    pd.testing.assert_frame_equal(forecast(day_first.folder, iso, date_format="%Y-%m-%d %H:%M:%S"), reference)
+
+
+def test_integer_date_column_is_not_read_as_nanoseconds(folder, history):
+    with pytest.raises(ValueError, match=r"input: the 'date' column holds plain numbers \(first: '0'\)"):
+        forecast(folder, history.assign(date=np.arange(len(history))))
+
+
+def test_checkpoint_saved_by_0_1_0_keeps_its_forecast(etth1):
+    expected = pd.read_csv(FIXTURE_DIR / "checkpoint_v0_1_0_forecast.csv", parse_dates=["date"])
+    result = forecast(FIXTURE_DIR / "checkpoint_v0_1_0", etth1.iloc[1000:1040])
+    pd.testing.assert_frame_equal(result, expected, check_exact=False, rtol=1e-6, atol=1e-6)
+
+
+def test_stacked_series_with_an_empty_id_are_an_error_naming_the_rows(folder, history):
+    stacked = pd.concat([history.assign(site="a"), history.assign(site="b")], ignore_index=True)
+    stacked.loc[[3, 200], "site"] = np.nan
+    with pytest.raises(ValueError, match=r"`id_column` 'site' is empty \(NaN\) in 2 rows of the input \(rows 3, 200,"):
+        forecast(folder, stacked, id_column="site")
+
+
+def test_missing_local_folder_is_reported_as_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"No trained folder at .*absent.*no such folder"):
+        BalmTsfForecaster.from_pretrained(tmp_path / "absent")
+    with pytest.raises(FileNotFoundError, match=r"No trained folder at 'runs/absent_run': there is no such local"):
+        forecast("runs/absent_run", pd.DataFrame())
+    with pytest.raises(FileNotFoundError, match=r"No preprocessor at .*absent.*no such folder or file"):
+        forecast(tiny_model(), pd.DataFrame(), preprocessor=tmp_path / "absent")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
+def test_models_in_other_dtypes_forecast_in_the_data_units(folder, preprocessor, history, dtype):
+    model = BalmTsfForForecasting.from_pretrained(folder).to(dtype)
+    result = forecast(model, history, preprocessor=folder)
+    values = result[preprocessor.columns].to_numpy()
+    assert values.dtype == np.float64 and np.isfinite(values).all()
+    pd.testing.assert_series_equal(result["date"], forecast(folder, history)["date"])
+    np.testing.assert_allclose(values, manual_forecast(model, preprocessor, history, dtype), rtol=1e-6, atol=1e-6)
+
+
+def test_non_finite_forecast_is_an_error_naming_the_column(folder, history, monkeypatch):
+    forecaster = BalmTsfForecaster.from_pretrained(folder)
+    original = forecaster.model.forward
+
+    def overflowing(*args, **kwargs):
+        outputs = original(*args, **kwargs)
+        outputs.prediction_outputs[5, 3:] = float("inf")  # series 0, channel 5 of the folded batch
+        return outputs
+
+    monkeypatch.setattr(forecaster.model, "forward", overflowing)
+    column = forecaster.columns[5]
+    with pytest.raises(
+        ValueError, match=rf"input: the forecast of column '{column}' is infinite \(first at step 4 of"
+    ):
+        forecaster.predict(history)
+
+
+def test_nan_weights_are_an_error_and_the_cli_writes_nothing(folder, history, tmp_path):
+    model = BalmTsfForForecasting.from_pretrained(folder)
+    with torch.no_grad():
+        next(parameter for parameter in model.parameters() if parameter.ndim == 2).fill_(float("nan"))
+    with pytest.raises(ValueError, match=r"input: the forecast of column 'HUFL' is NaN .*weights hold NaN"):
+        forecast(model, history, preprocessor=folder)
+    broken = tmp_path / "broken"
+    model.save_pretrained(broken)
+    BalmTsfForecaster.from_pretrained(folder).preprocessor.save_pretrained(broken)
+    history.to_csv(tmp_path / "history.csv", index=False)
+    output = tmp_path / "forecast.csv"
+    status = cli_main(
+        ["forecast", "--model", str(broken), "--input", str(tmp_path / "history.csv"), "--output", str(output)]
+    )
+    assert status == 1
+    assert not output.exists()

@@ -20,7 +20,8 @@ from transformers import (
 )
 
 from ..artifacts import _world_size
-from ..data import BalmTsfDataCollator, BalmTsfDatasetDict, load_forecasting_dataset
+from ..collator import BalmTsfDataCollator
+from ..data import BalmTsfDatasetDict, load_forecasting_dataset
 from ..metrics import make_compute_metrics
 from ..models.balm_tsf.configuration_balm_tsf import BalmTsfConfig
 from ..models.balm_tsf.modeling_balm_tsf import BalmTsfForForecasting, BalmTsfForForecastingOutput
