@@ -259,7 +259,8 @@ def build_training_arguments(
     config: ExperimentConfig, output_dir: str | os.PathLike | None = None
 ) -> TrainingArguments:
     r"""
-    The `TrainingArguments` of the paper protocol for `config`.
+    The `TrainingArguments` of `config`: the `TrainingArguments` fields of its `training` section (with the package's
+    defaults) plus the fields fixed by the paper protocol.
 
     Fixed by the protocol: evaluate and save every epoch, reload the checkpoint with the best validation MSE at the
     end (`metric_for_best_model="mse"`, lower is better), `label_names=["future_values"]` (plus
@@ -278,41 +279,22 @@ def build_training_arguments(
         gradient_accumulation_steps = training.global_batch_size // per_step
     label_names = ["future_values"] + (["future_observed_mask"] if config.data.missing == "mask" else [])
     scheduler_type = "constant" if training.lr_scheduler in PAPER_SCHEDULES else training.lr_scheduler
-    return TrainingArguments(
+    arguments = dict(training.arguments)
+    arguments.setdefault("dataloader_pin_memory", torch.cuda.is_available() and not training.use_cpu)
+    arguments.update(
         output_dir=str(output_dir if output_dir is not None else config.output_dir),
-        learning_rate=training.learning_rate,
         lr_scheduler_type=scheduler_type,
-        lr_scheduler_kwargs=training.lr_scheduler_kwargs,
-        warmup_steps=training.warmup_steps,
-        per_device_train_batch_size=training.per_device_train_batch_size,
-        per_device_eval_batch_size=training.per_device_eval_batch_size,
         gradient_accumulation_steps=gradient_accumulation_steps,
-        num_train_epochs=training.num_train_epochs,
-        max_steps=training.max_steps,
-        optim="adamw_torch",
-        weight_decay=training.weight_decay,
-        adam_beta1=training.adam_beta1,
-        adam_beta2=training.adam_beta2,
-        max_grad_norm=training.max_grad_norm,
-        seed=training.seed,
         bf16=use_bf16(config),
-        use_cpu=training.use_cpu,
         eval_strategy="epoch",
         save_strategy="epoch",
-        logging_strategy="steps",
-        logging_steps=training.logging_steps,
         load_best_model_at_end=True,
         metric_for_best_model="mse",
         greater_is_better=False,
         label_names=label_names,
         remove_unused_columns=False,
-        save_total_limit=training.save_total_limit,
-        dataloader_num_workers=training.dataloader_num_workers,
-        dataloader_pin_memory=torch.cuda.is_available() and not training.use_cpu,
-        report_to=training.report_to,
-        disable_tqdm=training.disable_tqdm,
-        **training.extra_training_args,
     )
+    return TrainingArguments(**arguments)
 
 
 def subsample_evenly(dataset: Any, max_items: int | None) -> Any:
