@@ -36,7 +36,6 @@ from .experiment import (
 from .runner import ExperimentResult, resolve_resume_checkpoint, run_experiment
 from .schedules import PAPER_SCHEDULES, EpochLrLambda, create_paper_scheduler
 from .trainer import (
-    PREDICTION_IGNORE_KEYS,
     BalmTsfTrainer,
     ForecastOutput,
     build_data_collator,
@@ -51,7 +50,6 @@ from .trainer import (
 __all__ = [
     "EVAL_ROW_FIELDS",
     "PAPER_SCHEDULES",
-    "PREDICTION_IGNORE_KEYS",
     "TRAINING_INFO_KEYS",
     "BalmTsfTrainer",
     "DataArguments",

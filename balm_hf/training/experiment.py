@@ -386,10 +386,10 @@ class TrainingSettings(_Section):
         if name in arguments:
             return arguments[name]
         if name in TRAINING_ARGUMENT_FIELDS:
-            default = TRAINING_ARGUMENT_FIELDS[name].default
-            if default is dataclasses.MISSING and TRAINING_ARGUMENT_FIELDS[name].default_factory is not dataclasses.MISSING:
-                default = TRAINING_ARGUMENT_FIELDS[name].default_factory()
-            return None if default is dataclasses.MISSING else default
+            argument = TRAINING_ARGUMENT_FIELDS[name]
+            if argument.default_factory is not dataclasses.MISSING:
+                return argument.default_factory()
+            return None if argument.default is dataclasses.MISSING else argument.default
         raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
     def to_dict(self) -> dict[str, Any]:

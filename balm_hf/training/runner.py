@@ -21,7 +21,7 @@ from ..artifacts import FINAL_FOLDER_NAME, collect_training_info, save_experimen
 from ..models.balm_tsf.modeling_balm_tsf import BalmTsfForForecasting
 from .evaluation import forecast_metrics_rows
 from .experiment import ExperimentConfig
-from .trainer import PREDICTION_IGNORE_KEYS, ForecastOutput, build_datasets, build_model, build_trainer
+from .trainer import ForecastOutput, build_datasets, build_model, build_trainer
 
 
 logger = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ def run_experiment(
         raise RuntimeError("the datasets were built without a preprocessor (fitted scaler) or its dataset name")
     model = build_model(config)
     trainer = build_trainer(config, model, splits, output_dir=output_dir)
-    train_output = trainer.train(resume_from_checkpoint=resume, ignore_keys_for_eval=PREDICTION_IGNORE_KEYS)
+    train_output = trainer.train(resume_from_checkpoint=resume)
 
     forecasts = trainer.predict_forecasts(splits["test"])
     drop_last_batch_size = None

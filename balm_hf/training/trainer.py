@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import typing
@@ -23,7 +22,7 @@ from ..artifacts import _world_size
 from ..data import BalmTsfDataCollator, BalmTsfDatasetDict, load_forecasting_dataset
 from ..metrics import make_compute_metrics
 from ..models.balm_tsf.configuration_balm_tsf import BalmTsfConfig
-from ..models.balm_tsf.modeling_balm_tsf import BalmTsfForForecasting, BalmTsfForForecastingOutput
+from ..models.balm_tsf.modeling_balm_tsf import BalmTsfForForecasting
 from .experiment import ExperimentConfig
 from .schedules import PAPER_SCHEDULES, create_paper_scheduler
 
@@ -32,12 +31,6 @@ logger = logging.getLogger(__name__)
 
 
 ID_COLUMNS = ("window_index", "channel_index")
-
-
-# Every output field but the forecast: `Trainer` then gathers `prediction_outputs` alone during evaluation.
-PREDICTION_IGNORE_KEYS = [
-    f.name for f in dataclasses.fields(BalmTsfForForecastingOutput) if f.name not in ("loss", "prediction_outputs")
-]
 
 
 @dataclass
@@ -224,9 +217,15 @@ class BalmTsfTrainer(Trainer):
         saved = self.label_names, self.compute_metrics
         self.label_names, self.compute_metrics = label_names, None
         try:
-            output = self.predict(dataset, ignore_keys=PREDICTION_IGNORE_KEYS, metric_key_prefix="test")
+            # `ignore_keys=None`: Trainer leaves out the model config's `keys_to_ignore_at_inference`
+            output = self.predict(dataset, metric_key_prefix="test")
         finally:
             self.label_names, self.compute_metrics = saved
+        if isinstance(output.predictions, (tuple, list)):
+            raise RuntimeError(
+                f"the model returned {len(output.predictions)} outputs instead of the forecast alone: its config's "
+                "`keys_to_ignore_at_inference` must list every output field but `prediction_outputs`"
+            )
         if not isinstance(output.label_ids, (tuple, list)):
             raise RuntimeError(f"expected one label array per name in {label_names}, got {type(output.label_ids)}")
         # transformers annotates a tuple of label arrays as `tuple[np.ndarray]` (one element)
@@ -376,7 +375,6 @@ __all__ = [
     "BalmTsfTrainer",
     "ForecastOutput",
     "ID_COLUMNS",
-    "PREDICTION_IGNORE_KEYS",
     "build_data_collator",
     "build_datasets",
     "build_model",
