@@ -474,6 +474,19 @@ def test_saved_folder_reloads_to_the_same_test_metrics(trained, tmp_path):
     assert len(read_eval_results(results.with_suffix(".csv"))) == 3
 
 
+def assert_reevaluation_reproduces_the_saved_rows(final_dir: Path, scratch: Path) -> None:
+    """Re-evaluating a trained folder with its saved experiment's settings gives its `eval_results.json` exactly."""
+    saved = read_eval_results(final_dir / "eval_results.json")
+    rows, _ = evaluate_pretrained(final_dir, output_dir=scratch)
+    assert rows == saved
+
+
+def test_reevaluating_a_trained_folder_reproduces_its_eval_results_exactly(trained, tmp_path):
+    saved = read_eval_results(trained.final_dir / "eval_results.json")
+    assert [row["drop_last"] for row in saved] == [False, True]
+    assert_reevaluation_reproduces_the_saved_rows(trained.final_dir, tmp_path / "scratch")
+
+
 def test_evaluation_warns_when_the_data_no_longer_matches_the_saved_scaler(trained, tmp_path, caplog):
     folder = tmp_path / "final"
     shutil.copytree(trained.final_dir, folder)
@@ -498,6 +511,7 @@ def test_interrupted_training_resumes_to_the_uninterrupted_final_state(trained, 
     np.testing.assert_array_equal(resumed.forecasts.predictions, trained.forecasts.predictions)
     losses = [entry["loss"] for entry in resumed.log_history if "loss" in entry]
     assert losses == [entry["loss"] for entry in trained.log_history if "loss" in entry]
+    assert_reevaluation_reproduces_the_saved_rows(resumed.final_dir, tmp_path / "scratch")
 
 
 def test_resume_without_checkpoint_is_refused(tmp_path):
@@ -601,3 +615,4 @@ def test_two_cpu_processes_train_evaluate_each_test_item_once_and_match_one_proc
     for a, b in zip(one, two, strict=True):
         assert b["mse"] == pytest.approx(a["mse"], rel=1e-5)
         assert b["mae"] == pytest.approx(a["mae"], rel=1e-5)
+    assert_reevaluation_reproduces_the_saved_rows(tmp_path / "one" / "final", tmp_path / "scratch")
