@@ -217,7 +217,9 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     parser.add_argument(
         "--drop-last-batch-size", type=int, default=None, help="its batch size (default: the training batch size)"
     )
-    parser.add_argument("--batch-size", type=int, default=64, help="items per forward pass and device")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="items per forward pass and device (default: the experiment's)"
+    )
     parser.add_argument("--model-name", default=None, help="`model` column (default: the experiment name)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
     parser.add_argument(
