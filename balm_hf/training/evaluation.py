@@ -152,7 +152,8 @@ def evaluate_pretrained(
             Must equal the model's `prediction_length` (the head is fixed); checked for a clear error.
         target (`str`, *optional*), features (`str`, *optional*): as in [`~data.load_forecasting_dataset`].
         drop_last_test_batch (`bool`, *optional*):
-            Also report the original's drop-last metrics; defaults to the experiment's `evaluation.drop_last_test_batch`.
+            Also report the original's drop-last metrics; defaults to the experiment's
+            `evaluation.drop_last_test_batch`.
         drop_last_batch_size (`int`, *optional*):
             Its batch size; defaults to the experiment's `evaluation.drop_last_batch_size`, else its
             `training.per_device_train_batch_size` (the original's test loader used the training batch, 24).
@@ -201,7 +202,9 @@ def evaluate_pretrained(
     if drop_last_test_batch is None:
         drop_last_test_batch = bool(evaluation.get("drop_last_test_batch", False))
     if drop_last_test_batch and drop_last_batch_size is None:
-        drop_last_batch_size = evaluation.get("drop_last_batch_size") or training.get("per_device_train_batch_size", 24)
+        drop_last_batch_size = evaluation.get("drop_last_batch_size") or training.get(
+            "per_device_train_batch_size", 24
+        )
     if batch_size is None:
         batch_size = int(training.get("per_device_eval_batch_size", 64))
     if bf16 is None:
