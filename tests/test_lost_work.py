@@ -146,3 +146,24 @@ def test_final_folder_is_replaced_only_once_complete(tmp_path):
     write_folder_atomically(final, writes)
     assert (final / "eval_results.json").read_text() == "new"
     assert sorted(path.name for path in final.parent.iterdir()) == ["final"]
+
+
+@pytest.mark.parametrize(
+    ("section", "values", "message"),
+    [
+        ("data", {"dataset": "no_such_folder/series.csv"}, r"`data.dataset` 'no_such_folder/series.csv'"),
+        ("model", {"backbone": "no_such_folder/backbone", "llm_config": None}, r"`model.backbone` 'no_such_folder"),
+        ("model", {"tokenizer": "no_such_folder/tokenizer"}, r"`model.tokenizer` 'no_such_folder/tokenizer'"),
+    ],
+)
+def test_bad_data_or_backbone_fails_with_one_clear_error_before_overwriting(tmp_path, section, values, message):
+    output_dir = tmp_path / "run"
+    previous = _fake_checkpoint(output_dir, 7)
+    raw = tiny_experiment(output_dir, training={"overwrite": True})
+    raw[section].update(values)
+    if raw["model"].get("llm_config") is None:
+        raw["model"].pop("tokenizer", None)
+    with pytest.raises(ValueError, match=message.replace(".", r"\.")) as error:
+        run_experiment(ExperimentConfig.from_dict(raw))
+    assert "\n" not in str(error.value).strip()
+    assert previous.is_dir()  # the run it would have replaced is still there

@@ -514,6 +514,14 @@ def test_interrupted_training_resumes_to_the_uninterrupted_final_state(trained, 
     assert_reevaluation_reproduces_the_saved_rows(resumed.final_dir, tmp_path / "scratch")
 
 
+def test_d_ff_wider_than_the_backbone_fails_before_training_naming_it(tmp_path, tiny_backbone):
+    raw = tiny_experiment(tmp_path / "run", backbone=tiny_backbone)
+    raw["model"]["config"]["d_ff"] = 64  # the tiny backbone is 32 wide
+    with pytest.raises(ValueError, match=r"`model.config` does not fit the backbone .*`d_ff` \(64\)"):
+        run_experiment(ExperimentConfig.from_dict(raw))
+    assert not list((tmp_path / "run").glob("checkpoint-*"))
+
+
 def test_resume_without_checkpoint_is_refused(tmp_path):
     config = ExperimentConfig.from_dict(tiny_experiment(tmp_path / "empty"))
     with pytest.raises(ValueError, match="no checkpoint"):

@@ -112,15 +112,15 @@ def run_experiment(
     resume = resolve_resume_checkpoint(output_dir, resume_from_checkpoint)
 
     with run_lock(output_dir):
-        if overwrite and is_main_process():
-            clear_run(output_dir)
-
+        # Data and backbone errors surface here, before the previous run is removed and before any training.
         set_seed(config.training.seed)
         splits = build_datasets(config)
         preprocessor = splits.preprocessor
         if preprocessor is None or preprocessor.dataset_name is None:
             raise RuntimeError("the datasets were built without a preprocessor (fitted scaler) or its dataset name")
         model = build_model(config)
+        if overwrite and is_main_process():
+            clear_run(output_dir)
         trainer = build_trainer(config, model, splits, output_dir=output_dir)
         train_output = trainer.train(resume_from_checkpoint=resume)
 

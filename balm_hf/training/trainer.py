@@ -21,6 +21,7 @@ from transformers import (
 from ..artifacts import _world_size
 from ..data import BalmTsfDataCollator, BalmTsfDatasetDict, load_forecasting_dataset
 from ..metrics import make_compute_metrics
+from ..models.balm_tsf.backbones import DEFAULT_BACKBONE
 from ..models.balm_tsf.configuration_balm_tsf import BalmTsfConfig
 from ..models.balm_tsf.modeling_balm_tsf import BalmTsfForForecasting
 from .experiment import ExperimentConfig
@@ -304,20 +305,33 @@ def subsample_evenly(dataset: Any, max_items: int | None) -> Any:
     return dataset.select(indices.tolist())
 
 
+def _one_line(error: BaseException) -> str:
+    """The message of `error` on one line (library messages often span several)."""
+    return " ".join(str(error).split())
+
+
 def build_datasets(config: ExperimentConfig) -> BalmTsfDatasetDict:
-    """Load the experiment's train/validation/test splits (with the fitted preprocessor as `.preprocessor`)."""
+    r"""
+    Load the experiment's train/validation/test splits (with the fitted preprocessor as `.preprocessor`).
+
+    Raises:
+        `ValueError`: for a data file that does not exist or cannot be read, naming `data.dataset` and the file.
+    """
     data = config.data
-    return load_forecasting_dataset(
-        data.dataset,
-        context_length=data.context_length,
-        prediction_length=data.prediction_length,
-        percent=data.percent,
-        target=data.target,
-        data_dir=data.data_dir,
-        features=data.features,
-        missing=data.missing,
-        split_config=data.split_config,
-    )
+    try:
+        return load_forecasting_dataset(
+            data.dataset,
+            context_length=data.context_length,
+            prediction_length=data.prediction_length,
+            percent=data.percent,
+            target=data.target,
+            data_dir=data.data_dir,
+            features=data.features,
+            missing=data.missing,
+            split_config=data.split_config,
+        )
+    except (OSError, ValueError) as error:
+        raise ValueError(f"`data.dataset` {data.dataset!r}: {_one_line(error)}") from None
 
 
 def build_model(config: ExperimentConfig) -> BalmTsfForForecasting:
@@ -325,16 +339,32 @@ def build_model(config: ExperimentConfig) -> BalmTsfForForecasting:
     A new [`BalmTsfForForecasting`] for `config`: around the pretrained `model.backbone` (frozen, with its tokenizer),
     or around a randomly initialised backbone built from `model.llm_config` with the tokenizer `model.tokenizer`.
     Call `transformers.set_seed` first for a reproducible initialisation.
+
+    Raises:
+        `ValueError`: for a backbone or tokenizer that cannot be loaded, or `model.config` values that do not fit the
+            backbone (e.g. a `d_ff` wider than its hidden size), naming them.
     """
     kwargs = dict(config.model.config)
     kwargs.update(context_length=config.data.context_length, prediction_length=config.data.prediction_length)
     if config.model.llm_config is not None:
         model = BalmTsfForForecasting(BalmTsfConfig(llm_config=config.model.llm_config, **kwargs))
-        model.set_tokenizer(AutoTokenizer.from_pretrained(config.model.tokenizer))
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(config.model.tokenizer)
+        except OSError as error:
+            raise ValueError(
+                f"`model.tokenizer` {config.model.tokenizer!r} cannot be loaded: {_one_line(error)}"
+            ) from None
+        model.set_tokenizer(tokenizer)
         return model
-    return BalmTsfForForecasting.from_backbone_pretrained(
-        config.model.backbone, random_init=config.model.random_init, **kwargs
-    )
+    backbone = config.model.backbone if config.model.backbone is not None else DEFAULT_BACKBONE
+    try:
+        return BalmTsfForForecasting.from_backbone_pretrained(
+            config.model.backbone, random_init=config.model.random_init, **kwargs
+        )
+    except OSError as error:
+        raise ValueError(f"`model.backbone` {backbone!r} cannot be loaded: {_one_line(error)}") from None
+    except ValueError as error:
+        raise ValueError(f"`model.config` does not fit the backbone {backbone!r}: {_one_line(error)}") from None
 
 
 def build_data_collator(model: BalmTsfForForecasting) -> BalmTsfDataCollator:
