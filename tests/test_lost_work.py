@@ -167,3 +167,28 @@ def test_bad_data_or_backbone_fails_with_one_clear_error_before_overwriting(tmp_
         run_experiment(ExperimentConfig.from_dict(raw))
     assert "\n" not in str(error.value).strip()
     assert previous.is_dir()  # the run it would have replaced is still there
+
+
+@pytest.mark.parametrize("disable_tqdm", [True, False])
+def test_training_prints_one_line_per_evaluation_unless_verbose(tmp_path, capsys, disable_tqdm):
+    from conftest import tiny_model
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from balm_hf.training import BalmTsfTrainer
+    from balm_hf.training.trainer import EvaluationLinePrinterCallback, EvaluationLineProgressCallback
+
+    args = TrainingArguments(output_dir=str(tmp_path), disable_tqdm=disable_tqdm, report_to=[], use_cpu=True)
+    quiet = BalmTsfTrainer(model=tiny_model(), args=args)
+    stock = PrinterCallback if disable_tqdm else ProgressCallback
+    line = EvaluationLinePrinterCallback if disable_tqdm else EvaluationLineProgressCallback
+    classes = [type(callback) for callback in quiet.callback_handler.callbacks]
+    assert line in classes and stock not in classes
+    verbose = BalmTsfTrainer(model=tiny_model(), args=args, verbose=True)
+    assert stock in [type(callback) for callback in verbose.callback_handler.callbacks]
+
+    callback = next(c for c in quiet.callback_handler.callbacks if isinstance(c, line))
+    state, control = TrainerState(), TrainerControl()
+    callback.on_log(args, state, control, logs={"loss": 3.5, "learning_rate": 0.01, "epoch": 0.5})
+    callback.on_log(args, state, control, logs={"eval_mse": 0.25, "eval_mae": 0.4, "eval_runtime": 1.0, "epoch": 1.0})
+    assert capsys.readouterr().out == "epoch 1: validation mse=0.25 mae=0.4\n"

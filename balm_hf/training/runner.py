@@ -8,6 +8,8 @@ import logging
 import os
 import time
 import typing
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from typing import Any
 from transformers import (
     set_seed,
 )
+from transformers.utils import logging as transformers_logging
 
 from ..artifacts import FINAL_FOLDER_NAME, collect_training_info, save_experiment_folder
 from ..models.balm_tsf.modeling_balm_tsf import BalmTsfForForecasting
@@ -32,6 +35,30 @@ from .trainer import ForecastOutput, build_datasets, build_model, build_trainer
 
 
 logger = logging.getLogger(__name__)
+
+
+@contextmanager
+def _transformers_verbosity(verbose: bool) -> Iterator[None]:
+    """`transformers` at info level (config dumps, load reports) when `verbose`, else errors only; restored after."""
+    previous = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity(transformers_logging.INFO if verbose else transformers_logging.ERROR)
+    try:
+        yield
+    finally:
+        transformers_logging.set_verbosity(previous)
+
+
+@contextmanager
+def _weight_progress_bars(verbose: bool) -> Iterator[None]:
+    """Hide the bars of `transformers`' weight loading and writing unless `verbose` (the training bars stay)."""
+    enabled = transformers_logging.is_progress_bar_enabled()
+    if not verbose:
+        transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            transformers_logging.enable_progress_bar()
 
 
 def render_model_card_if_available(folder: str | os.PathLike) -> bool:
@@ -74,6 +101,7 @@ def run_experiment(
     output_dir: str | os.PathLike | None = None,
     resume_from_checkpoint: str | bool | None = None,
     overwrite: bool | None = None,
+    verbose: bool = False,
 ) -> ExperimentResult:
     r"""
     Train and test one experiment and save the Hub-ready folder to `<output_dir>/final`.
@@ -96,6 +124,10 @@ def run_experiment(
         overwrite (`bool`, *optional*):
             Train into an output folder that holds a run, deleting its checkpoints, `final/` and log history first;
             defaults to `training.overwrite`.
+        verbose (`bool`, *optional*, defaults to `False`):
+            Also print every training log, the configs that `transformers` dumps and its weight-loading reports. By
+            default the console shows the progress bars and one line per evaluation; the log history is complete
+            either way.
 
     Raises:
         `ValueError`: for an output folder that holds a run (without `resume_from_checkpoint` or `overwrite`), one
@@ -111,17 +143,18 @@ def run_experiment(
     check_output_dir(output_dir, resume_from_checkpoint, overwrite)
     resume = resolve_resume_checkpoint(output_dir, resume_from_checkpoint)
 
-    with run_lock(output_dir):
+    with run_lock(output_dir), _weight_progress_bars(verbose):
         # Data and backbone errors surface here, before the previous run is removed and before any training.
         set_seed(config.training.seed)
         splits = build_datasets(config)
         preprocessor = splits.preprocessor
         if preprocessor is None or preprocessor.dataset_name is None:
             raise RuntimeError("the datasets were built without a preprocessor (fitted scaler) or its dataset name")
-        model = build_model(config)
+        with _transformers_verbosity(verbose):
+            model = build_model(config)
         if overwrite and is_main_process():
             clear_run(output_dir)
-        trainer = build_trainer(config, model, splits, output_dir=output_dir)
+        trainer = build_trainer(config, model, splits, output_dir=output_dir, verbose=verbose)
         train_output = trainer.train(resume_from_checkpoint=resume)
 
         forecasts = trainer.predict_forecasts(splits["test"])

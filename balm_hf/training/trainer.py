@@ -17,6 +17,7 @@ from transformers import (
     Trainer,
     TrainingArguments,
 )
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from ..artifacts import _world_size
 from ..data import BalmTsfDataCollator, BalmTsfDatasetDict, load_forecasting_dataset
@@ -92,6 +93,39 @@ def canonical_item_order(
     return order, num_windows, num_channels
 
 
+def format_evaluation_line(logs: Mapping[str, Any]) -> str:
+    """One line for the logs of an evaluation: epoch, step and the `eval_*` metrics (not the runtime counters)."""
+    skip = ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second")
+    metrics = " ".join(
+        f"{key.removeprefix('eval_')}={value:.6g}"
+        for key, value in logs.items()
+        if key.startswith("eval_") and key not in skip and isinstance(value, (int, float))
+    )
+    epoch = logs.get("epoch")
+    where = f"epoch {epoch:g}" if isinstance(epoch, (int, float)) else "evaluation"
+    return f"{where}: validation {metrics}"
+
+
+class EvaluationLineProgressCallback(ProgressCallback):
+    """The progress bars, and one line per evaluation instead of a dict per log."""
+
+    def on_log(self, args: TrainingArguments, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+        if state.is_world_process_zero and logs and any(key.startswith("eval_") for key in logs):
+            line = format_evaluation_line(logs)
+            if self.training_bar is not None:
+                self.training_bar.write(line)
+            else:
+                print(line)
+
+
+class EvaluationLinePrinterCallback(PrinterCallback):
+    """Without progress bars (`disable_tqdm`): one line per evaluation instead of a dict per log."""
+
+    def on_log(self, args: TrainingArguments, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+        if state.is_world_process_zero and logs and any(key.startswith("eval_") for key in logs):
+            print(format_evaluation_line(logs))
+
+
 class BalmTsfTrainer(Trainer):
     r"""
     The stock `Trainer` plus what it cannot do on its own:
@@ -105,11 +139,23 @@ class BalmTsfTrainer(Trainer):
     Args:
         paper_lr_scheduler (`str`, *optional*):
             One of [`PAPER_SCHEDULES`]; `None` uses `args.lr_scheduler_type`.
+        verbose (`bool`, *optional*, defaults to `False`):
+            Print every log (training losses, learning rate) as the stock `Trainer` does; by default the console shows
+            the progress bars and one line per evaluation (every log still reaches `report_to` and the log history).
         args, kwargs: as for `transformers.Trainer`.
     """
 
-    def __init__(self, *args: Any, paper_lr_scheduler: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, paper_lr_scheduler: str | None = None, verbose: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
+        if not verbose:
+            for stock, quiet in (
+                (ProgressCallback, EvaluationLineProgressCallback),
+                (PrinterCallback, EvaluationLinePrinterCallback),
+            ):
+                if self.pop_callback(stock) is not None:
+                    self.add_callback(quiet)
         if paper_lr_scheduler is not None and paper_lr_scheduler not in PAPER_SCHEDULES:
             raise ValueError(f"`paper_lr_scheduler` must be one of {PAPER_SCHEDULES}, got {paper_lr_scheduler!r}")
         self.paper_lr_scheduler = paper_lr_scheduler
@@ -379,10 +425,12 @@ def build_trainer(
     model: BalmTsfForForecasting,
     splits: Mapping[str, Any],
     output_dir: str | os.PathLike | None = None,
+    verbose: bool = False,
 ) -> BalmTsfTrainer:
     r"""
     The [`BalmTsfTrainer`] of an experiment: the protocol's `TrainingArguments`, validation MSE/MAE from the
-    `forecasting_metrics` evaluate module, early stopping on validation MSE and the configured schedule.
+    `forecasting_metrics` evaluate module, early stopping on validation MSE and the configured schedule. `verbose`
+    prints every log; by default the console shows the progress bars and one line per evaluation.
     """
     args = build_training_arguments(config, output_dir)
     callbacks = []
@@ -398,6 +446,7 @@ def build_trainer(
         compute_metrics=make_compute_metrics(("mse", "mae")),
         callbacks=callbacks,
         paper_lr_scheduler=scheduler if scheduler in PAPER_SCHEDULES else None,
+        verbose=verbose,
     )
 
 
@@ -411,6 +460,7 @@ __all__ = [
     "build_trainer",
     "build_training_arguments",
     "canonical_item_order",
+    "format_evaluation_line",
     "subsample_evenly",
     "use_bf16",
 ]
