@@ -80,7 +80,7 @@ def resolve_resume_checkpoint(output_dir: str | os.PathLike, resume: str | bool 
     if resume is True:
         latest = last_complete_checkpoint(output_dir)
         if latest is None:
-            raise ValueError(f"--resume: no complete checkpoint-* folder in {output_dir} to resume from")
+            raise ValueError(f"--resume: no checkpoint (complete checkpoint-* folder) in {output_dir} to resume from")
         logger.info(f"resuming from {latest}, the newest complete checkpoint")
         return latest
     if not Path(resume).is_dir():
