@@ -150,7 +150,12 @@ def add_train_arguments(
         const=True,
         default=None,
         metavar="CHECKPOINT",
-        help="resume from the latest checkpoint of the run folder, or from CHECKPOINT",
+        help="resume from the newest complete checkpoint of the run folder, or from CHECKPOINT",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="train into a run folder that holds a run, deleting its checkpoints and final/ (training.overwrite)",
     )
     return parser
 
@@ -190,7 +195,9 @@ def run_train(args: argparse.Namespace) -> int:
     from .training import load_experiment_config, run_experiment
 
     config = load_experiment_config(args.config, args.overrides)
-    result = run_experiment(config, output_dir=args.output_dir, resume_from_checkpoint=args.resume)
+    result = run_experiment(
+        config, output_dir=args.output_dir, resume_from_checkpoint=args.resume, overwrite=args.overwrite or None
+    )
     for row in result.eval_rows:
         sys.stdout.write(format_test_row(row) + "\n")
     sys.stdout.write(f"saved {result.final_dir}\n")

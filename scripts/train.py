@@ -63,7 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (ValueError, FileNotFoundError) as error:
             logger.error(str(error))
             return 2
-        result = run_experiment(config, output_dir=args.output_dir, resume_from_checkpoint=args.resume)
+        result = run_experiment(
+            config, output_dir=args.output_dir, resume_from_checkpoint=args.resume, overwrite=args.overwrite or None
+        )
     finally:
         transformers.logging.set_verbosity(verbosity)
     for row in result.eval_rows:
