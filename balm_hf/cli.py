@@ -250,7 +250,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         const=True,
         default=None,
         metavar="CHECKPOINT",
-        help="resume from the latest checkpoint of the run folder, or from CHECKPOINT",
+        help="resume from the newest complete checkpoint of the run folder, or from CHECKPOINT",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="train into a run folder that holds a run, deleting its checkpoints and final/ (training.overwrite)",
     )
     return parser
 
@@ -315,7 +320,13 @@ def run_train(args: argparse.Namespace) -> int:
     if args.data is not None and not Path(args.data).is_file():
         raise FileNotFoundError(f"--data {args.data} does not exist")
     config = training.load_experiment_config(_train_config_path(args), args.overrides)
-    result = training.run_experiment(config, output_dir=args.output_dir, resume_from_checkpoint=args.resume)
+    result = training.run_experiment(
+        config,
+        output_dir=args.output_dir,
+        resume_from_checkpoint=args.resume,
+        overwrite=args.overwrite or None,
+        verbose=args.verbose,
+    )
     if not _is_main_process():
         return 0
     for row in result.eval_rows:
@@ -341,15 +352,29 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     parser.add_argument("--features", choices=("M", "S"), default=None, help="channels (default: the experiment's)")
     parser.add_argument(
         "--drop-last-test-batch",
-        action="store_true",
-        help="also report the original's protocol, which drops the last incomplete test batch",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also report the original's protocol, which drops the last incomplete test batch (default: as trained)",
     )
     parser.add_argument(
         "--drop-last-batch-size", type=int, default=None, help="its batch size (default: the training batch size)"
     )
-    parser.add_argument("--batch-size", type=int, default=64, help="items per forward pass and device")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="items per forward pass and device (default: the experiment's)"
+    )
     parser.add_argument("--model-name", default=None, help="`model` column (default: the experiment name)")
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
+    parser.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="bf16 autocast (CUDA only; default: as the training run)",
+    )
+    parser.add_argument(
+        "--missing",
+        choices=("error", "ffill", "mask"),
+        default=None,
+        help="missing-value mode (default: the experiment's data.missing)",
+    )
     parser.add_argument(
         "--results",
         type=Path,
@@ -378,6 +403,7 @@ def evaluate_from_arguments(args: argparse.Namespace) -> EvaluationResults:
         batch_size=args.batch_size,
         model_name=args.model_name,
         bf16=args.bf16,
+        missing=args.missing,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -205,7 +206,7 @@ def test_evaluate_module_compute_rejects_mismatched_windows():
 
 
 def test_compute_metrics_picks_prediction_outputs_from_the_output_tuple():
-    compute_metrics = make_compute_metrics()
+    compute_metrics = make_compute_metrics(prediction_index=2)
     labels = REFERENCES[..., :1]
     forecast = PREDICTIONS[..., :1]
     # What Trainer gathers for BalmTsfForForecasting: mse_loss, alignment_loss, prediction_outputs, loc, scale.
@@ -297,3 +298,22 @@ def test_trainer_evaluate_reports_metrics_over_every_window(tmp_path, model_name
     assert metrics["eval_mse"] == pytest.approx(expected["mse"], rel=1e-5)
     assert metrics["eval_mae"] == pytest.approx(expected["mae"], rel=1e-5)
     assert metrics["eval_mase"] == pytest.approx(expected["mase"], rel=1e-5)
+
+
+def test_the_model_config_alone_says_which_output_is_the_forecast(tmp_path):
+    from conftest import tiny_model
+    from transformers import Trainer, TrainingArguments
+
+    from balm_hf.models.balm_tsf.modeling_balm_tsf import BalmTsfForForecastingOutput
+
+    model = tiny_model()
+    fields = {f.name for f in dataclasses.fields(BalmTsfForForecastingOutput)}
+    assert fields - set(model.config.keys_to_ignore_at_inference) == {"loss", "prediction_outputs"}
+    args = TrainingArguments(output_dir=str(tmp_path), label_names=["future_values"], report_to=[], use_cpu=True)
+    output = Trainer(model=model, args=args).predict(_windows(3, 64, 16))
+    assert isinstance(output.predictions, np.ndarray) and output.predictions.shape == (3, 16, 1)
+    # A tuple of outputs is never guessed from its shapes.
+    labels = np.zeros((2, 16, 1))
+    gathered = (np.ones(2), np.ones((2, 16, 1)), np.zeros((2, 1, 1)))
+    with pytest.raises(ValueError, match="keys_to_ignore_at_inference"):
+        make_compute_metrics()(EvalPrediction(predictions=gathered, label_ids=labels))

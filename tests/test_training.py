@@ -182,6 +182,108 @@ def test_shipped_experiment_configs_load_with_the_paper_protocol():
     assert default.model.backbone is None and default.evaluation.max_validation_items is not None
 
 
+# `TrainingArguments` fields that the experiment configs resolved to before `training:` went straight into
+# `TrainingArguments` (all fields the package sets; `bf16` as resolved on a CPU-only machine).
+_PROTOCOL_ARGUMENTS = {
+    "per_device_train_batch_size": 24,
+    "max_steps": -1,
+    "learning_rate": 0.01,
+    "lr_scheduler_type": "constant",
+    "lr_scheduler_kwargs": {},
+    "warmup_steps": 0,
+    "optim": "adamw_torch",
+    "weight_decay": 0.0,
+    "adam_beta1": 0.9,
+    "adam_beta2": 0.999,
+    "max_grad_norm": 0.0,
+    "logging_strategy": "steps",
+    "disable_tqdm": False,
+    "report_to": [],
+    "eval_strategy": "epoch",
+    "save_strategy": "epoch",
+    "save_total_limit": 2,
+    "load_best_model_at_end": True,
+    "metric_for_best_model": "mse",
+    "greater_is_better": False,
+    "seed": 2021,
+    "use_cpu": False,
+    "dataloader_num_workers": 0,
+    "remove_unused_columns": False,
+    "label_names": ["future_values"],
+}
+_RESOLVED_ARGUMENTS = {
+    "default.yaml": {
+        **_PROTOCOL_ARGUMENTS,
+        "output_dir": "outputs/balm-tsf-default-etth1-96-96",
+        "num_train_epochs": 2.0,
+        "gradient_accumulation_steps": 1,
+        "logging_steps": 20,
+        "per_device_eval_batch_size": 128,
+    },
+    "long_term/etth1_96.yaml": {
+        **_PROTOCOL_ARGUMENTS,
+        "output_dir": "outputs/balm-tsf-etth1-512-96",
+        "num_train_epochs": 100.0,
+        "gradient_accumulation_steps": 4,
+        "logging_steps": 50,
+        "per_device_eval_batch_size": 64,
+    },
+}
+
+
+@pytest.mark.parametrize("name", sorted(_RESOLVED_ARGUMENTS))
+def test_shipped_configs_resolve_to_the_same_training_arguments(monkeypatch, name):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    args = build_training_arguments(load_experiment_config(CONFIG_DIR / name))
+    resolved = {key: getattr(args, key) for key in _RESOLVED_ARGUMENTS[name]}
+    resolved = {key: getattr(value, "value", value) for key, value in resolved.items()}  # enums as their strings
+    assert resolved == _RESOLVED_ARGUMENTS[name]
+    if not torch.cuda.is_available():
+        assert not args.bf16 and not args.dataloader_pin_memory
+
+
+def test_every_shipped_config_loads_and_round_trips_through_its_saved_yaml(tmp_path):
+    paths = [CONFIG_DIR / "default.yaml", *sorted(CONFIG_DIR.glob("*_*/*.yaml"))]
+    assert len(paths) == 41
+    for path in paths:
+        config = load_experiment_config(path)
+        saved = tmp_path / "experiment.yaml"
+        saved.write_text(config.to_yaml())
+        assert load_experiment_config(saved).to_dict() == config.to_dict(), path
+
+
+def test_any_training_arguments_field_is_a_training_key_coerced_by_its_type(tmp_path):
+    overrides = ["training.full_determinism=true", "training.run_name=demo", "training.learning_rate='1e-3'"]
+    overrides.append("training.eval_accumulation_steps=4")
+    config = load_experiment_config(None, [f"training.output_dir={tmp_path}", *overrides])
+    assert config.training.learning_rate == 0.001 and isinstance(config.training.learning_rate, float)
+    args = build_training_arguments(config)
+    assert (args.full_determinism, args.run_name, args.eval_accumulation_steps) == (True, "demo", 4)
+    # the layout of folders saved by 0.1.0 still loads
+    legacy = ExperimentConfig.from_dict({"training": {"extra_training_args": {"eval_accumulation_steps": 2}}})
+    assert legacy.training.eval_accumulation_steps == 2
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("training.eval_strategy=no", "training.eval_strategy` is fixed"),
+        ("training.lr_scheduler_type=linear", "training.lr_scheduler"),
+        ("training.optim=not_an_optimizer", "not_an_optimizer"),
+        ("training.full_determinism=sometimes", "training.full_determinism"),
+        ("training.not_a_field=1", "training.not_a_field"),
+    ],
+)
+def test_training_keys_are_validated_against_training_arguments(override, message):
+    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+        load_experiment_config(None, [override])
+
+
+def test_a_config_without_backbone_means_the_offline_default():
+    assert ExperimentConfig.from_dict({}).model.backbone is None
+    assert load_experiment_config(None).model.backbone is None
+
+
 def test_paper_config_keeps_the_authors_global_batch_on_any_number_of_processes(monkeypatch, tmp_path):
     config = load_experiment_config(CONFIG_DIR / "long_term" / "etth1_96.yaml", [f"training.output_dir={tmp_path}"])
     monkeypatch.delenv("WORLD_SIZE", raising=False)
@@ -343,6 +445,19 @@ def test_saved_folder_reloads_to_the_same_test_metrics(trained, tmp_path):
     assert len(read_eval_results(results.with_suffix(".csv"))) == 3
 
 
+def assert_reevaluation_reproduces_the_saved_rows(final_dir: Path, scratch: Path) -> None:
+    """Re-evaluating a trained folder with its saved experiment's settings gives its `eval_results.json` exactly."""
+    saved = read_eval_results(final_dir / "eval_results.json")
+    rows, _ = evaluate_pretrained(final_dir, output_dir=scratch)
+    assert rows == saved
+
+
+def test_reevaluating_a_trained_folder_reproduces_its_eval_results_exactly(trained, tmp_path):
+    saved = read_eval_results(trained.final_dir / "eval_results.json")
+    assert [row["drop_last"] for row in saved] == [False, True]
+    assert_reevaluation_reproduces_the_saved_rows(trained.final_dir, tmp_path / "scratch")
+
+
 def test_evaluation_warns_when_the_data_no_longer_matches_the_saved_scaler(trained, tmp_path, caplog):
     folder = tmp_path / "final"
     shutil.copytree(trained.final_dir, folder)
@@ -367,6 +482,15 @@ def test_interrupted_training_resumes_to_the_uninterrupted_final_state(trained, 
     np.testing.assert_array_equal(resumed.forecasts.predictions, trained.forecasts.predictions)
     losses = [entry["loss"] for entry in resumed.log_history if "loss" in entry]
     assert losses == [entry["loss"] for entry in trained.log_history if "loss" in entry]
+    assert_reevaluation_reproduces_the_saved_rows(resumed.final_dir, tmp_path / "scratch")
+
+
+def test_d_ff_wider_than_the_backbone_fails_before_training_naming_it(tmp_path, tiny_backbone):
+    raw = tiny_experiment(tmp_path / "run", backbone=tiny_backbone)
+    raw["model"]["config"]["d_ff"] = 64  # the tiny backbone is 32 wide
+    with pytest.raises(ValueError, match=r"`model.config` does not fit the backbone .*`d_ff` \(64\)"):
+        run_experiment(ExperimentConfig.from_dict(raw))
+    assert not list((tmp_path / "run").glob("checkpoint-*"))
 
 
 def test_resume_without_checkpoint_is_refused(tmp_path):
@@ -470,3 +594,4 @@ def test_two_cpu_processes_train_evaluate_each_test_item_once_and_match_one_proc
     for a, b in zip(one, two, strict=True):
         assert b["mse"] == pytest.approx(a["mse"], rel=1e-5)
         assert b["mae"] == pytest.approx(a["mae"], rel=1e-5)
+    assert_reevaluation_reproduces_the_saved_rows(tmp_path / "one" / "final", tmp_path / "scratch")

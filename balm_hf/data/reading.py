@@ -243,8 +243,9 @@ def handle_missing(values: np.ndarray, columns: list[str], missing: str, path: P
     row, column = (int(i) for i in np.argwhere(nan)[0])
     if missing == "error":
         raise ValueError(
-            f"{path}: empty or NaN cell in column {columns[column]!r} at data row {row}; pass missing='ffill' to fill "
-            "forward (then backward) or missing='mask' to fill and mask"
+            f"{path}: empty or NaN cell in column {columns[column]!r} at data row {row}; set missing='ffill' to fill "
+            "forward (then backward) or missing='mask' to fill and mask (`--set data.missing=ffill` for balm-tsf "
+            "train, `--missing ffill` for balm-tsf evaluate)"
         )
     empty = [columns[i] for i in np.flatnonzero(nan.all(axis=0))]
     if empty:

@@ -165,24 +165,20 @@ def compute_forecasting_metrics(
     return {name: float(value) for name, value in results.items()}
 
 
-def _select_predictions(predictions: Any, label_shape: tuple[int, ...], prediction_index: int | None) -> np.ndarray:
-    """Pick the forecast among the model outputs that `Trainer` gathered."""
+def _select_predictions(predictions: Any, prediction_index: int | None) -> np.ndarray:
+    """The forecast among what `Trainer` gathered: the one array, or the output at `prediction_index` of a tuple."""
     if not isinstance(predictions, (tuple, list)):
         return np.asarray(predictions)
-    if prediction_index is not None:
-        if not -len(predictions) <= prediction_index < len(predictions):
-            raise ValueError(f"`prediction_index`={prediction_index} is out of range for {len(predictions)} outputs")
-        return np.asarray(predictions[prediction_index])
-    shapes = [tuple(getattr(item, "shape", ())) for item in predictions]
-    matches = [i for i, shape in enumerate(shapes) if shape == tuple(label_shape)]
-    if len(matches) == 1:
-        return np.asarray(predictions[matches[0]])
-    reason = "none" if not matches else f"{len(matches)} (positions {matches})"
-    raise ValueError(
-        f"cannot tell the forecast among the model outputs of shapes {shapes}: {reason} match the label shape "
-        f"{tuple(label_shape)}. Pass `prediction_index`, or list the other output fields in the model config's "
-        "`keys_to_ignore_at_inference` so that Trainer only gathers `prediction_outputs`"
-    )
+    if prediction_index is None:
+        shapes = [tuple(getattr(item, "shape", ())) for item in predictions]
+        raise ValueError(
+            f"the model returned {len(predictions)} outputs (shapes {shapes}) instead of the forecast alone: list "
+            "every output field but the forecast in the model config's `keys_to_ignore_at_inference` (Trainer then "
+            "gathers the forecast only), or pass `prediction_index`"
+        )
+    if not -len(predictions) <= prediction_index < len(predictions):
+        raise ValueError(f"`prediction_index`={prediction_index} is out of range for {len(predictions)} outputs")
+    return np.asarray(predictions[prediction_index])
 
 
 def make_compute_metrics(
@@ -199,10 +195,10 @@ def make_compute_metrics(
       named like a label, so without `label_names` the Trainer finds no labels and never calls `compute_metrics`.
       With `label_names=["future_values", "future_observed_mask"]` the mask is passed too and masked entries are left
       out of every metric.
-    - Predictions: `Trainer` gathers every non-loss output field as a tuple (for [`BalmTsfForForecasting`]:
-      `mse_loss`, `alignment_loss`, `prediction_outputs`, `loc`, `scale`). The forecast is the one output with the
-      shape of the labels; when several match (e.g. `prediction_length=1`, where `loc` and `scale` match too) pass
-      `prediction_index`, or set `keys_to_ignore_at_inference` in the model config.
+    - Predictions: `Trainer` leaves out the output fields that the model config lists in
+      `keys_to_ignore_at_inference` (for [`BalmTsfForForecasting`]: every field but `prediction_outputs`), so the
+      forecast arrives alone. A model whose config does not list them hands over a tuple of outputs: pass the
+      forecast's position as `prediction_index`.
     - MASE needs the context windows: add `include_for_metrics=["inputs"]` to the `TrainingArguments` (the inputs are
       `past_values`, the models' `main_input_name`).
 
@@ -216,7 +212,8 @@ def make_compute_metrics(
         seasonality (`int`, *optional*, defaults to 1):
             Season length of the MASE scale.
         prediction_index (`int`, *optional*):
-            Position of `prediction_outputs` in the tuple of gathered outputs, when the shape alone is ambiguous.
+            Position of the forecast in the tuple of gathered outputs, for a model whose config does not list its other
+            outputs in `keys_to_ignore_at_inference`.
 
     Returns:
         `Callable[[EvalPrediction], dict[str, float]]`: the `compute_metrics` function.
@@ -243,7 +240,7 @@ def make_compute_metrics(
         if labels is None:
             raise ValueError("no labels reached compute_metrics: set `label_names=['future_values']`")
         labels = np.asarray(labels)
-        predictions = _select_predictions(eval_prediction.predictions, labels.shape, prediction_index)
+        predictions = _select_predictions(eval_prediction.predictions, prediction_index)
         past_values: np.ndarray | None = None
         if "mase" in names:
             inputs = eval_prediction.inputs

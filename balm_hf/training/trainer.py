@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import typing
@@ -18,13 +17,15 @@ from transformers import (
     Trainer,
     TrainingArguments,
 )
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from ..artifacts import _world_size
 from ..collator import BalmTsfDataCollator
 from ..data import BalmTsfDatasetDict, load_forecasting_dataset
 from ..metrics import make_compute_metrics
+from ..models.balm_tsf.backbones import DEFAULT_BACKBONE
 from ..models.balm_tsf.configuration_balm_tsf import BalmTsfConfig
-from ..models.balm_tsf.modeling_balm_tsf import BalmTsfForForecasting, BalmTsfForForecastingOutput
+from ..models.balm_tsf.modeling_balm_tsf import BalmTsfForForecasting
 from .experiment import ExperimentConfig
 from .schedules import PAPER_SCHEDULES, create_paper_scheduler
 
@@ -33,12 +34,6 @@ logger = logging.getLogger(__name__)
 
 
 ID_COLUMNS = ("window_index", "channel_index")
-
-
-# Every output field but the forecast: `Trainer` then gathers `prediction_outputs` alone during evaluation.
-PREDICTION_IGNORE_KEYS = [
-    f.name for f in dataclasses.fields(BalmTsfForForecastingOutput) if f.name not in ("loss", "prediction_outputs")
-]
 
 
 @dataclass
@@ -99,6 +94,39 @@ def canonical_item_order(
     return order, num_windows, num_channels
 
 
+def format_evaluation_line(logs: Mapping[str, Any]) -> str:
+    """One line for the logs of an evaluation: epoch, step and the `eval_*` metrics (not the runtime counters)."""
+    skip = ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second")
+    metrics = " ".join(
+        f"{key.removeprefix('eval_')}={value:.6g}"
+        for key, value in logs.items()
+        if key.startswith("eval_") and key not in skip and isinstance(value, (int, float))
+    )
+    epoch = logs.get("epoch")
+    where = f"epoch {epoch:g}" if isinstance(epoch, (int, float)) else "evaluation"
+    return f"{where}: validation {metrics}"
+
+
+class EvaluationLineProgressCallback(ProgressCallback):
+    """The progress bars, and one line per evaluation instead of a dict per log."""
+
+    def on_log(self, args: TrainingArguments, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+        if state.is_world_process_zero and logs and any(key.startswith("eval_") for key in logs):
+            line = format_evaluation_line(logs)
+            if self.training_bar is not None:
+                self.training_bar.write(line)
+            else:
+                print(line)
+
+
+class EvaluationLinePrinterCallback(PrinterCallback):
+    """Without progress bars (`disable_tqdm`): one line per evaluation instead of a dict per log."""
+
+    def on_log(self, args: TrainingArguments, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+        if state.is_world_process_zero and logs and any(key.startswith("eval_") for key in logs):
+            print(format_evaluation_line(logs))
+
+
 class BalmTsfTrainer(Trainer):
     r"""
     The stock `Trainer` plus what it cannot do on its own:
@@ -112,11 +140,23 @@ class BalmTsfTrainer(Trainer):
     Args:
         paper_lr_scheduler (`str`, *optional*):
             One of [`PAPER_SCHEDULES`]; `None` uses `args.lr_scheduler_type`.
+        verbose (`bool`, *optional*, defaults to `False`):
+            Print every log (training losses, learning rate) as the stock `Trainer` does; by default the console shows
+            the progress bars and one line per evaluation (every log still reaches `report_to` and the log history).
         args, kwargs: as for `transformers.Trainer`.
     """
 
-    def __init__(self, *args: Any, paper_lr_scheduler: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, paper_lr_scheduler: str | None = None, verbose: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
+        if not verbose:
+            for stock, quiet in (
+                (ProgressCallback, EvaluationLineProgressCallback),
+                (PrinterCallback, EvaluationLinePrinterCallback),
+            ):
+                if self.pop_callback(stock) is not None:
+                    self.add_callback(quiet)
         if paper_lr_scheduler is not None and paper_lr_scheduler not in PAPER_SCHEDULES:
             raise ValueError(f"`paper_lr_scheduler` must be one of {PAPER_SCHEDULES}, got {paper_lr_scheduler!r}")
         self.paper_lr_scheduler = paper_lr_scheduler
@@ -225,9 +265,15 @@ class BalmTsfTrainer(Trainer):
         saved = self.label_names, self.compute_metrics
         self.label_names, self.compute_metrics = label_names, None
         try:
-            output = self.predict(dataset, ignore_keys=PREDICTION_IGNORE_KEYS, metric_key_prefix="test")
+            # `ignore_keys=None`: Trainer leaves out the model config's `keys_to_ignore_at_inference`
+            output = self.predict(dataset, metric_key_prefix="test")
         finally:
             self.label_names, self.compute_metrics = saved
+        if isinstance(output.predictions, (tuple, list)):
+            raise RuntimeError(
+                f"the model returned {len(output.predictions)} outputs instead of the forecast alone: its config's "
+                "`keys_to_ignore_at_inference` must list every output field but `prediction_outputs`"
+            )
         if not isinstance(output.label_ids, (tuple, list)):
             raise RuntimeError(f"expected one label array per name in {label_names}, got {type(output.label_ids)}")
         # transformers annotates a tuple of label arrays as `tuple[np.ndarray]` (one element)
@@ -260,7 +306,8 @@ def build_training_arguments(
     config: ExperimentConfig, output_dir: str | os.PathLike | None = None
 ) -> TrainingArguments:
     r"""
-    The `TrainingArguments` of the paper protocol for `config`.
+    The `TrainingArguments` of `config`: the `TrainingArguments` fields of its `training` section (with the package's
+    defaults) plus the fields fixed by the paper protocol.
 
     Fixed by the protocol: evaluate and save every epoch, reload the checkpoint with the best validation MSE at the
     end (`metric_for_best_model="mse"`, lower is better), `label_names=["future_values"]` (plus
@@ -279,41 +326,22 @@ def build_training_arguments(
         gradient_accumulation_steps = training.global_batch_size // per_step
     label_names = ["future_values"] + (["future_observed_mask"] if config.data.missing == "mask" else [])
     scheduler_type = "constant" if training.lr_scheduler in PAPER_SCHEDULES else training.lr_scheduler
-    return TrainingArguments(
+    arguments = dict(training.arguments)
+    arguments.setdefault("dataloader_pin_memory", torch.cuda.is_available() and not training.use_cpu)
+    arguments.update(
         output_dir=str(output_dir if output_dir is not None else config.output_dir),
-        learning_rate=training.learning_rate,
         lr_scheduler_type=scheduler_type,
-        lr_scheduler_kwargs=training.lr_scheduler_kwargs,
-        warmup_steps=training.warmup_steps,
-        per_device_train_batch_size=training.per_device_train_batch_size,
-        per_device_eval_batch_size=training.per_device_eval_batch_size,
         gradient_accumulation_steps=gradient_accumulation_steps,
-        num_train_epochs=training.num_train_epochs,
-        max_steps=training.max_steps,
-        optim="adamw_torch",
-        weight_decay=training.weight_decay,
-        adam_beta1=training.adam_beta1,
-        adam_beta2=training.adam_beta2,
-        max_grad_norm=training.max_grad_norm,
-        seed=training.seed,
         bf16=use_bf16(config),
-        use_cpu=training.use_cpu,
         eval_strategy="epoch",
         save_strategy="epoch",
-        logging_strategy="steps",
-        logging_steps=training.logging_steps,
         load_best_model_at_end=True,
         metric_for_best_model="mse",
         greater_is_better=False,
         label_names=label_names,
         remove_unused_columns=False,
-        save_total_limit=training.save_total_limit,
-        dataloader_num_workers=training.dataloader_num_workers,
-        dataloader_pin_memory=torch.cuda.is_available() and not training.use_cpu,
-        report_to=training.report_to,
-        disable_tqdm=training.disable_tqdm,
-        **training.extra_training_args,
     )
+    return TrainingArguments(**arguments)
 
 
 def subsample_evenly(dataset: Any, max_items: int | None) -> Any:
@@ -324,20 +352,33 @@ def subsample_evenly(dataset: Any, max_items: int | None) -> Any:
     return dataset.select(indices.tolist())
 
 
+def _one_line(error: BaseException) -> str:
+    """The message of `error` on one line (library messages often span several)."""
+    return " ".join(str(error).split())
+
+
 def build_datasets(config: ExperimentConfig) -> BalmTsfDatasetDict:
-    """Load the experiment's train/validation/test splits (with the fitted preprocessor as `.preprocessor`)."""
+    r"""
+    Load the experiment's train/validation/test splits (with the fitted preprocessor as `.preprocessor`).
+
+    Raises:
+        `ValueError`: for a data file that does not exist or cannot be read, naming `data.dataset` and the file.
+    """
     data = config.data
-    return load_forecasting_dataset(
-        data.dataset,
-        context_length=data.context_length,
-        prediction_length=data.prediction_length,
-        percent=data.percent,
-        target=data.target,
-        data_dir=data.data_dir,
-        features=data.features,
-        missing=data.missing,
-        split_config=data.split_config,
-    )
+    try:
+        return load_forecasting_dataset(
+            data.dataset,
+            context_length=data.context_length,
+            prediction_length=data.prediction_length,
+            percent=data.percent,
+            target=data.target,
+            data_dir=data.data_dir,
+            features=data.features,
+            missing=data.missing,
+            split_config=data.split_config,
+        )
+    except (OSError, ValueError) as error:
+        raise ValueError(f"`data.dataset` {data.dataset!r}: {_one_line(error)}") from None
 
 
 def build_model(config: ExperimentConfig) -> BalmTsfForForecasting:
@@ -345,16 +386,32 @@ def build_model(config: ExperimentConfig) -> BalmTsfForForecasting:
     A new [`BalmTsfForForecasting`] for `config`: around the pretrained `model.backbone` (frozen, with its tokenizer),
     or around a randomly initialised backbone built from `model.llm_config` with the tokenizer `model.tokenizer`.
     Call `transformers.set_seed` first for a reproducible initialisation.
+
+    Raises:
+        `ValueError`: for a backbone or tokenizer that cannot be loaded, or `model.config` values that do not fit the
+            backbone (e.g. a `d_ff` wider than its hidden size), naming them.
     """
     kwargs = dict(config.model.config)
     kwargs.update(context_length=config.data.context_length, prediction_length=config.data.prediction_length)
     if config.model.llm_config is not None:
         model = BalmTsfForForecasting(BalmTsfConfig(llm_config=config.model.llm_config, **kwargs))
-        model.set_tokenizer(AutoTokenizer.from_pretrained(config.model.tokenizer))
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(config.model.tokenizer)
+        except OSError as error:
+            raise ValueError(
+                f"`model.tokenizer` {config.model.tokenizer!r} cannot be loaded: {_one_line(error)}"
+            ) from None
+        model.set_tokenizer(tokenizer)
         return model
-    return BalmTsfForForecasting.from_backbone_pretrained(
-        config.model.backbone, random_init=config.model.random_init, **kwargs
-    )
+    backbone = config.model.backbone if config.model.backbone is not None else DEFAULT_BACKBONE
+    try:
+        return BalmTsfForForecasting.from_backbone_pretrained(
+            config.model.backbone, random_init=config.model.random_init, **kwargs
+        )
+    except OSError as error:
+        raise ValueError(f"`model.backbone` {backbone!r} cannot be loaded: {_one_line(error)}") from None
+    except ValueError as error:
+        raise ValueError(f"`model.config` does not fit the backbone {backbone!r}: {_one_line(error)}") from None
 
 
 def build_data_collator(model: BalmTsfForForecasting) -> BalmTsfDataCollator:
@@ -369,10 +426,12 @@ def build_trainer(
     model: BalmTsfForForecasting,
     splits: Mapping[str, Any],
     output_dir: str | os.PathLike | None = None,
+    verbose: bool = False,
 ) -> BalmTsfTrainer:
     r"""
     The [`BalmTsfTrainer`] of an experiment: the protocol's `TrainingArguments`, validation MSE/MAE from the
-    `forecasting_metrics` evaluate module, early stopping on validation MSE and the configured schedule.
+    `forecasting_metrics` evaluate module, early stopping on validation MSE and the configured schedule. `verbose`
+    prints every log; by default the console shows the progress bars and one line per evaluation.
     """
     args = build_training_arguments(config, output_dir)
     callbacks = []
@@ -388,6 +447,7 @@ def build_trainer(
         compute_metrics=make_compute_metrics(("mse", "mae")),
         callbacks=callbacks,
         paper_lr_scheduler=scheduler if scheduler in PAPER_SCHEDULES else None,
+        verbose=verbose,
     )
 
 
@@ -395,13 +455,13 @@ __all__ = [
     "BalmTsfTrainer",
     "ForecastOutput",
     "ID_COLUMNS",
-    "PREDICTION_IGNORE_KEYS",
     "build_data_collator",
     "build_datasets",
     "build_model",
     "build_trainer",
     "build_training_arguments",
     "canonical_item_order",
+    "format_evaluation_line",
     "subsample_evenly",
     "use_bf16",
 ]
