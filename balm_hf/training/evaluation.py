@@ -260,8 +260,7 @@ def evaluate_to_results(
     r"""
     Evaluate a saved model with [`evaluate_pretrained`] and record the rows: append them to the results file (JSON
     `{"rows": [...]}` plus a CSV twin, see [`write_eval_results`]) and rewrite the markdown table of all its rows
-    ([`results_table`]) next to it with the suffix `.md`. This is what `balm-tsf evaluate` and `scripts/evaluate.py`
-    do.
+    ([`results_table`]) next to it with the suffix `.md`. This is what `balm-tsf evaluate` does.
 
     Args:
         model_name_or_path (`str` or `os.PathLike`): folder or Hub id.
