@@ -71,8 +71,8 @@ def write_csv(path: Path, rows: int = 400) -> Path:
 
 
 def fake_run_experiment(seen: dict):
-    def run(config, output_dir=None, resume_from_checkpoint=None):
-        seen.update(config=config, output_dir=output_dir, resume=resume_from_checkpoint)
+    def run(config, output_dir=None, resume_from_checkpoint=None, overwrite=None, verbose=False):
+        seen.update(config=config, output_dir=output_dir, resume=resume_from_checkpoint, overwrite=overwrite)
         return SimpleNamespace(eval_rows=eval_rows(), final_dir=Path(output_dir or config.output_dir) / "final")
 
     return run
@@ -252,7 +252,8 @@ def test_train_is_quiet_by_default_and_shows_load_reports_with_verbose(tmp_path,
     assert cli_main(argv) == 2
     captured = capfd.readouterr()
     assert captured.err.strip().splitlines() == [
-        "balm-tsf train: error: `d_ff` (4096) must not exceed the LLM width `hidden_size` (384)"
+        "balm-tsf train: error: `model.config` does not fit the backbone 'sentence-transformers/all-MiniLM-L6-v2': "
+        "`d_ff` (4096) must not exceed the LLM width `hidden_size` (384)"
     ]
     # In a fresh process: transformers' log handler keeps the standard error of the process that configured it.
     completed = subprocess.run(

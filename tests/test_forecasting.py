@@ -228,8 +228,8 @@ def test_cli_forecast_reports_a_missing_input(folder, tmp_path, capsys):
 def test_cli_train_and_evaluate_call_the_training_library(tmp_path, monkeypatch, capsys):
     seen = {}
 
-    def fake_run_experiment(config, output_dir=None, resume_from_checkpoint=None):
-        seen.update(config=config, output_dir=output_dir, resume=resume_from_checkpoint)
+    def fake_run_experiment(config, output_dir=None, resume_from_checkpoint=None, overwrite=None, verbose=False):
+        seen.update(config=config, output_dir=output_dir, resume=resume_from_checkpoint, overwrite=overwrite)
         return SimpleNamespace(eval_rows=eval_rows(), final_dir=Path(output_dir) / "final")
 
     def fake_evaluate_pretrained(model_name_or_path, **kwargs):
