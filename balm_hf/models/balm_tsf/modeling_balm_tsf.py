@@ -722,30 +722,46 @@ class BalmTsfTextEncoder(nn.Module):
         series, text_tokens = input_ids.shape
         token_embeddings = self.llm.get_input_embeddings()(input_ids)  # [series x text_tokens x d_llm]
         prompt = self.learnable_prompt.to(token_embeddings.dtype)
-        if config.text_branch == "no_llm":
-            full = torch.cat([prompt.unsqueeze(0).expand(series, -1, -1), token_embeddings], dim=1)
-            return full[:, -self.prompt_length :]
-
-        kwargs: dict[str, Any] = {}
-        if config.prompt_attention_mask and attention_mask is not None:
+        full_mask = None
+        if attention_mask is not None:
             full_mask = torch.cat(
                 [attention_mask.new_ones(series, self.prompt_length), attention_mask], dim=1
             )  # [series x (prompt_length + text_tokens)]
+        if config.text_branch == "no_llm":
+            full = torch.cat([prompt.unsqueeze(0).expand(series, -1, -1), token_embeddings], dim=1)
+            # Nothing attends here, so the read-out are the last real positions whatever the padding (or the mask).
+            return _last_real_positions(full, full_mask, self.prompt_length)
+
+        kwargs: dict[str, Any] = {}
+        gather_mask = None
+        if config.prompt_attention_mask and full_mask is not None:
             kwargs["attention_mask"] = full_mask
             # Real tokens get consecutive positions whatever the padding side, so a padded row equals the row alone.
             kwargs["position_ids"] = (full_mask.cumsum(dim=1) - 1).clamp_min(0)
+            if not bool(full_mask[:, -self.prompt_length :].all()):
+                # Right padding, or text shorter than the read-out: read out each row's last real positions.
+                gather_mask = full_mask
 
         use_cache = config.use_prefix_cache if config.use_prefix_cache is not None else not self.training
         if use_cache and self.is_causal:
-            return self._forward_with_prefix_cache(prompt, token_embeddings, kwargs)
+            return self._forward_with_prefix_cache(prompt, token_embeddings, kwargs, gather_mask)
 
         full = torch.cat([prompt.unsqueeze(0).expand(series, -1, -1), token_embeddings], dim=1)
+        if gather_mask is not None:
+            return _last_real_positions(self._run_llm(full, **kwargs).last_hidden_state, gather_mask, self.prompt_length)
         return self._read_out(full, kwargs.get("attention_mask"), **kwargs)
 
     def _forward_with_prefix_cache(
-        self, prompt: torch.Tensor, token_embeddings: torch.Tensor, kwargs: dict[str, Any]
+        self,
+        prompt: torch.Tensor,
+        token_embeddings: torch.Tensor,
+        kwargs: dict[str, Any],
+        gather_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Causal backbones: the learnable prompt's states do not depend on the text, so compute them once."""
+        """
+        Causal backbones: the learnable prompt's states do not depend on the text, so compute them once. With
+        `gather_mask` (over prompt and text), the read-out are each row's last `prompt_length` real positions.
+        """
         series = token_embeddings.shape[0]
         prefix = self._run_llm(prompt.unsqueeze(0), use_cache=True)
         cache = getattr(prefix, "cache", None) or prefix.past_key_values
@@ -754,14 +770,29 @@ class BalmTsfTextEncoder(nn.Module):
         if "attention_mask" in kwargs:
             text_kwargs["attention_mask"] = kwargs["attention_mask"]
             text_kwargs["position_ids"] = kwargs["position_ids"][:, self.prompt_length :]
-        if token_embeddings.shape[1] < self.prompt_length:  # the read-out reaches into the prefix
+        if gather_mask is not None or token_embeddings.shape[1] < self.prompt_length:  # the read-out reaches further
             hidden = self._run_llm(token_embeddings, **text_kwargs).last_hidden_state
             hidden = torch.cat([prefix.last_hidden_state.expand(series, -1, -1), hidden], dim=1)
-            return hidden[:, -self.prompt_length :]
+            return _last_real_positions(hidden, gather_mask, self.prompt_length)
         last_layer = cache.layers[-1]
         # Read before the text run: the final block's cache entry then still holds the prefix only.
         past = (last_layer.keys, last_layer.values)
         return self._read_out(token_embeddings, kwargs.get("attention_mask"), past, **text_kwargs)
+
+
+def _last_real_positions(hidden: torch.Tensor, mask: torch.Tensor | None, count: int) -> torch.Tensor:
+    r"""
+    The last `count` positions of every row of `hidden` (`[series, tokens, dim]`) where `mask` (`[series, tokens]`) is
+    `1`, in order; with `mask=None` (or every row's last `count` positions real) simply the last `count` positions.
+    Every row must have at least `count` real positions (the learnable prompt alone has `count`).
+    """
+    if mask is None or bool(mask[:, -count:].all()):
+        return hidden[:, -count:]
+    real = mask.bool()
+    # Real positions at or after each position; the last `count` real ones have 1..count.
+    from_end = real.flip(dims=[1]).cumsum(dim=1).flip(dims=[1])
+    selected = real & (from_end <= count)
+    return hidden[selected].view(hidden.shape[0], count, hidden.shape[2])
 
 
 def scale_std(text: torch.Tensor, reference: torch.Tensor, eps: float) -> torch.Tensor:

@@ -1,0 +1,85 @@
+"""Model unit: read-out at real tokens, overflow-safe RevIN, input dtypes, clear loading errors, portable folders."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_llama_config, tiny_model
+from transformers import BertConfig
+
+from balm_hf.models.balm_tsf.modeling_balm_tsf import prepare_prompt_inputs
+
+
+def _windows(batch: int = 4, length: int = 64, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    steps = torch.arange(length, dtype=torch.float32)[None, :, None]
+    scales = torch.tensor([1.0, 1e-3, 250.0, 7.0])[:batch, None, None]
+    return (torch.sin(steps / 5.0) * 3 + torch.randn(batch, length, 1, generator=generator)) * scales + 10
+
+
+def _shortest_padded_row(model, past: torch.Tensor) -> int:
+    mask = prepare_prompt_inputs(past, model.config, model.tokenizer)["prompt_attention_mask"]
+    lengths = mask.sum(dim=1)
+    shortest = int(lengths.argmin())
+    assert lengths[shortest] < mask.shape[1], "the test needs a row that the batch pads"
+    return shortest
+
+
+def _forecast_in_batch_and_alone(model, past: torch.Tensor, row: int) -> tuple[torch.Tensor, torch.Tensor]:
+    with torch.no_grad():
+        batched = model(past_values=past).prediction_outputs[row]
+        alone = model(past_values=past[row : row + 1]).prediction_outputs[0]
+    return batched, alone
+
+
+@pytest.mark.parametrize(
+    "backbone",
+    [
+        {},
+        {"llm_config": tiny_llama_config()},
+        {"llm_config": BertConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=64)},
+    ],
+    ids=["gpt2", "llama", "bert"],
+)
+@pytest.mark.parametrize("use_prefix_cache", [None, False])
+def test_masked_right_padded_row_is_forecast_as_alone(backbone, use_prefix_cache):
+    model = tiny_model(
+        prompt_attention_mask=True, prompt_padding_side="right", use_prefix_cache=use_prefix_cache, **backbone
+    ).eval()
+    past = _windows()
+    row = _shortest_padded_row(model, past)
+    batched, alone = _forecast_in_batch_and_alone(model, past, row)
+    torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-5)
+
+
+def test_masked_right_padding_gives_the_forecast_of_left_padding():
+    past = _windows()
+    right = tiny_model(prompt_attention_mask=True, prompt_padding_side="right").eval()
+    left = tiny_model(prompt_attention_mask=True, prompt_padding_side="left").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            right(past_values=past).prediction_outputs, left(past_values=past).prediction_outputs, rtol=1e-5, atol=1e-5
+        )
+
+
+def test_masked_read_out_longer_than_the_text_is_batch_independent():
+    # Horizon 64 over context 64: the read-out (17 positions) reaches past the text into the learnable prompt.
+    model = tiny_model(prediction_length=64, prompt_attention_mask=True, prompt_padding_side="left").eval()
+    assert model.config.prompt_length > 12
+    past = _windows()
+    row = _shortest_padded_row(model, past)
+    batched, alone = _forecast_in_batch_and_alone(model, past, row)
+    torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("padding_side", [None, "right", "left"])
+def test_no_llm_ablation_reads_out_real_tokens_whatever_the_padding(padding_side):
+    model = tiny_model(text_branch="no_llm", prompt_padding_side=padding_side).eval()
+    past = _windows()
+    row = _shortest_padded_row(model, past)
+    batched, alone = _forecast_in_batch_and_alone(model, past, row)
+    torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        readout = model.model(past_values=past).llm_readout
+    # Distinct real tokens: the read-out spreads, so Scale-STD does not divide by sqrt(eps).
+    assert bool((readout.std(dim=1) > 1e-3).all())
