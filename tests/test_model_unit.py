@@ -83,3 +83,41 @@ def test_no_llm_ablation_reads_out_real_tokens_whatever_the_padding(padding_side
         readout = model.model(past_values=past).llm_readout
     # Distinct real tokens: the read-out spreads, so Scale-STD does not divide by sqrt(eps).
     assert bool((readout.std(dim=1) > 1e-3).all())
+
+
+# -- RevIN statistics that cannot overflow ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_a_1e30_magnitude_series_gets_a_finite_forecast_at_its_scale(with_mask):
+    model = tiny_model().eval()
+    past = _windows()
+    huge = past.clone()
+    huge[0] = past[0] * 1e30
+    mask = None
+    if with_mask:
+        mask = torch.ones_like(huge)
+        mask[0, 5:9] = 0
+        huge[0, 5:9] = float("nan")
+    with torch.no_grad():
+        output = model(past_values=huge, past_observed_mask=mask)
+        normal = model(past_values=past, past_observed_mask=mask)
+    assert bool(torch.isfinite(output.prediction_outputs).all())
+    assert bool(torch.isfinite(output.scale).all()) and float(output.scale[0].min()) > 1e29
+    # The statistics of the huge series are those of the normal one, scaled.
+    torch.testing.assert_close(output.loc[0] / 1e30, normal.loc[0], rtol=1e-5, atol=0)
+    torch.testing.assert_close(output.scale[0] / 1e30, normal.scale[0], rtol=1e-4, atol=0)
+    # The other series of the batch keep their statistics to the bit.
+    for row in (1, 2, 3):
+        assert torch.equal(output.loc[row], normal.loc[row]) and torch.equal(output.scale[row], normal.scale[row])
+
+
+def test_revin_of_normal_series_keeps_the_plain_formulas_bits():
+    from balm_hf.models.balm_tsf.modeling_balm_tsf import BalmTsfRevIN
+
+    revin = BalmTsfRevIN(tiny_model().config)
+    values = _windows().permute(0, 2, 1).reshape(4, 64, 1)
+    normalized, loc, scale = revin(values)
+    assert torch.equal(loc, values.mean(dim=1, keepdim=True))
+    assert torch.equal(scale, torch.sqrt(values.var(dim=1, keepdim=True, unbiased=False) + 1e-5))
+    assert torch.equal(normalized, (values - loc) / scale)

@@ -420,22 +420,48 @@ class BalmTsfRevIN(nn.Module):
             `(normalized, loc, scale)` with `loc` and `scale` of shape `[batch, 1, channels]`.
         """
         if observed_mask is None:
-            loc = values.mean(dim=1, keepdim=True).detach()
-            scale = torch.sqrt(values.var(dim=1, keepdim=True, unbiased=False) + self.eps).detach()
+            loc, scale = self._statistics(values, None)
             return (values - loc) / scale, loc, scale
         observed = observed_mask.to(torch.bool)
-        weights = observed.to(values.dtype)
         filled = torch.where(observed, values, torch.zeros_like(values))
+        loc, scale = self._statistics(filled, observed)
+        return torch.where(observed, (filled - loc) / scale, torch.zeros_like(values)), loc, scale
+
+    def _statistics(
+        self, values: torch.Tensor, observed: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        `(loc, scale)` of every series. Where the variance overflows the dtype (magnitudes beyond about 1e19 in
+        float32), the statistics are computed on the series divided by its largest magnitude and scaled back, so that
+        they stay finite; every other series keeps the plain formulas' bits.
+        """
+        loc, variance = self._moments(values, observed)
+        scale = torch.sqrt(variance + self.eps)
+        overflow = ~(torch.isfinite(loc) & torch.isfinite(scale))
+        if bool(overflow.any()):
+            magnitude = values.abs().amax(dim=1, keepdim=True)
+            magnitude = torch.where(magnitude > 0, magnitude, torch.ones_like(magnitude))
+            unit_loc, unit_variance = self._moments(values / magnitude, observed)
+            safe_scale = magnitude * torch.sqrt(unit_variance + self.eps / magnitude**2)
+            loc = torch.where(overflow, magnitude * unit_loc, loc)
+            scale = torch.where(overflow, safe_scale, scale)
+        return loc.detach(), scale.detach()
+
+    @staticmethod
+    def _moments(values: torch.Tensor, observed: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and population variance over the time axis, of the observed values only when `observed` is given."""
+        plain_loc = values.mean(dim=1, keepdim=True)
+        plain_variance = values.var(dim=1, keepdim=True, unbiased=False)
+        if observed is None:
+            return plain_loc, plain_variance
+        weights = observed.to(values.dtype)
         count = weights.sum(dim=1, keepdim=True).clamp_min(1.0)
-        loc = filled.sum(dim=1, keepdim=True) / count
-        variance = ((filled - loc) ** 2 * weights).sum(dim=1, keepdim=True) / count
+        loc = values.sum(dim=1, keepdim=True) / count
+        variance = ((values - loc) ** 2 * weights).sum(dim=1, keepdim=True) / count
         # A fully observed series gets the unmasked formulas' bits: sum / count and mean round differently, and the
         # paper-mode prompt prints every bit, so the mask must change nothing where nothing is missing.
         complete = observed.all(dim=1, keepdim=True)
-        loc = torch.where(complete, filled.mean(dim=1, keepdim=True), loc).detach()
-        variance = torch.where(complete, filled.var(dim=1, keepdim=True, unbiased=False), variance)
-        scale = torch.sqrt(variance + self.eps).detach()
-        return torch.where(observed, (filled - loc) / scale, torch.zeros_like(values)), loc, scale
+        return torch.where(complete, plain_loc, loc), torch.where(complete, plain_variance, variance)
 
     @staticmethod
     def invert(values: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
