@@ -121,3 +121,56 @@ def test_revin_of_normal_series_keeps_the_plain_formulas_bits():
     assert torch.equal(loc, values.mean(dim=1, keepdim=True))
     assert torch.equal(scale, torch.sqrt(values.var(dim=1, keepdim=True, unbiased=False) + 1e-5))
     assert torch.equal(normalized, (values - loc) / scale)
+
+
+# -- input dtypes and empty batches -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("input_dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_inputs_of_any_float_dtype_are_cast_to_the_model_dtype(input_dtype):
+    model = tiny_model().eval()
+    past = _windows().to(input_dtype)
+    with torch.no_grad():
+        output = model(past_values=past, future_values=torch.zeros(4, 16, 1, dtype=input_dtype))
+        reference = model(past_values=past.to(torch.float32), future_values=torch.zeros(4, 16, 1))
+    assert output.prediction_outputs.dtype == torch.float32
+    torch.testing.assert_close(output.prediction_outputs, reference.prediction_outputs, rtol=0, atol=0)
+    torch.testing.assert_close(output.loss, reference.loss, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("model_dtype", "tolerance"), [(torch.float64, 2e-3), (torch.bfloat16, 0.25), (torch.float16, 0.05)]
+)
+def test_models_in_double_and_half_precision_forecast_like_float32(model_dtype, tolerance):
+    reference_model = tiny_model().eval()
+    model = tiny_model().eval().to(model_dtype)
+    past = _windows()
+    # The same prompts for both (the paper's prompt prints every bit of the statistics, which differ across dtypes).
+    prompts = prepare_prompt_inputs(past, reference_model.config, reference_model.tokenizer)
+    with torch.no_grad():
+        reference = reference_model(past_values=past, **prompts).prediction_outputs
+        output = model(past_values=past, future_values=torch.zeros(4, 16, 1), **prompts)
+    assert bool(torch.isfinite(output.prediction_outputs).all()) and bool(torch.isfinite(output.loss))
+    # The statistics are computed in (at least) float32, so the forecast is in the units of the input.
+    relative = (output.prediction_outputs.double() - reference.double()).abs() / past.std(dim=1, keepdim=True)
+    assert float(relative.max()) < tolerance
+
+
+def test_half_precision_model_takes_values_beyond_the_half_range():
+    model = tiny_model().eval().to(torch.float16)
+    past = _windows() * 1e4  # beyond 65504, the largest float16
+    with torch.no_grad():
+        output = model(past_values=past)
+    assert bool(torch.isfinite(output.prediction_outputs).all()) and float(output.loc.abs().max()) > 65504
+
+
+def test_values_beyond_the_model_dtype_raise_a_clear_error():
+    model = tiny_model().eval()
+    with pytest.raises(ValueError, match="beyond the range of torch.float32"):
+        model(past_values=torch.full((1, 64, 1), 1e300, dtype=torch.float64))
+
+
+def test_an_empty_batch_raises_a_clear_error():
+    model = tiny_model().eval()
+    with pytest.raises(ValueError, match="empty batch"):
+        model(past_values=torch.zeros(0, 64, 1))

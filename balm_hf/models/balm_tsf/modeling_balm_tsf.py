@@ -971,6 +971,10 @@ class BalmTsfPreTrainedModel(PreTrainedModel):
             )
         if not past_values.is_floating_point():
             raise TypeError(f"`past_values` must be a floating point tensor, got {past_values.dtype}")
+        if past_values.shape[0] == 0:
+            raise ValueError(
+                f"`past_values` is an empty batch (shape {tuple(past_values.shape)}); pass at least one window"
+            )
         if past_observed_mask is None:
             if not bool(torch.isfinite(past_values).all()):
                 raise ValueError(
@@ -1034,7 +1038,8 @@ class BalmTsfModel(BalmTsfPreTrainedModel):
         r"""
         Args:
             past_values (`torch.FloatTensor` of shape `[batch, context_length, num_input_channels]`):
-                The input windows. Must be finite where observed.
+                The input windows, of any float dtype. Must be finite where observed. The RevIN statistics are
+                computed in the model's dtype (at least float32) and the branches run in the model's dtype.
             past_observed_mask (`torch.Tensor` of the shape of `past_values`, *optional*):
                 `1` where `past_values` is observed, `0` where it is missing (may be NaN there). RevIN statistics use
                 observed values only and missing positions enter both branches as the series mean. Without it every
@@ -1050,11 +1055,26 @@ class BalmTsfModel(BalmTsfPreTrainedModel):
         self._check_past_values(past_values, past_observed_mask)
         config = self.config
         batch, length, channels = past_values.shape
+        # Inputs of any float dtype: the statistics are computed in the model's dtype, at least float32 (half
+        # precision overflows beyond 65504), and the normalised series enters the branches in the model's dtype.
+        dtype = self.patch_embedding.conv.weight.dtype
+        statistics_dtype = torch.promote_types(dtype, torch.float32)
+        if past_values.dtype != statistics_dtype:
+            past_values = past_values.to(statistics_dtype)
+            observed = past_observed_mask.to(torch.bool) if past_observed_mask is not None else None
+            finite = torch.isfinite(past_values if observed is None else past_values[observed])
+            if not bool(finite.all()):
+                raise ValueError(
+                    f"`past_values` holds values beyond the range of {statistics_dtype} "
+                    f"(largest finite {torch.finfo(statistics_dtype).max:.3g}), the dtype the model computes its "
+                    "statistics in; rescale the series or convert the model with `model.to(torch.float64)`"
+                )
 
-        series, loc, scale = _fold_and_normalize(self.revin, past_values, past_observed_mask)  # [B*C x L]
+        normalized, loc, scale = _fold_and_normalize(self.revin, past_values, past_observed_mask)  # [B*C x L]
+        series = normalized.to(dtype)
 
         if prompt_input_ids is None:
-            prompt_inputs = self.build_prompt_inputs(series)
+            prompt_inputs = self.build_prompt_inputs(normalized)
             prompt_input_ids = prompt_inputs["prompt_input_ids"].to(past_values.device)
             prompt_attention_mask = prompt_inputs["prompt_attention_mask"].to(past_values.device)
         elif prompt_input_ids.shape[0] != batch * channels:
