@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import re
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
-from conftest import tiny_llama_config, tiny_model
-from transformers import BertConfig
+from conftest import TOKENIZER_DIR, tiny_llama_config, tiny_model
+from transformers import AutoTokenizer, BertConfig
 
-from balm_hf.models.balm_tsf.modeling_balm_tsf import prepare_prompt_inputs
+from balm_hf import BalmTsfForForecasting
+from balm_hf.models.balm_tsf.modeling_balm_tsf import (
+    check_safetensors_file,
+    check_tokenizer_fits_backbone,
+    prepare_prompt_inputs,
+)
+
+
+LEGACY_FOLDER = Path(__file__).resolve().parent / "fixtures" / "checkpoint_v0_1_0"
 
 
 def _windows(batch: int = 4, length: int = 64, seed: int = 0) -> torch.Tensor:
@@ -174,3 +186,100 @@ def test_an_empty_batch_raises_a_clear_error():
     model = tiny_model().eval()
     with pytest.raises(ValueError, match="empty batch"):
         model(past_values=torch.zeros(0, 64, 1))
+
+
+# -- tokenizers that do not fit the backbone --------------------------------------------------------------------------
+
+
+def _saved_folder(tmp_path, name: str = "folder"):
+    model = tiny_model().eval()
+    folder = tmp_path / name
+    model.save_pretrained(folder)
+    return model, folder
+
+
+def test_a_tokenizer_of_only_its_special_tokens_is_refused_with_its_cause(tmp_path):
+    _, folder = _saved_folder(tmp_path)
+    (folder / "tokenizer.json").unlink()  # tokenizer_config.json alone loads as a 5-token tokenizer
+    assert len(AutoTokenizer.from_pretrained(folder)) < 10
+    with pytest.raises(ValueError, match=r"tokenizer \(5 tokens\) turns .* unknown token '\[UNK\]'.*incomplete"):
+        BalmTsfForForecasting.from_pretrained(folder)
+    model = tiny_model()
+    with pytest.raises(ValueError, match="incomplete"):
+        model.set_tokenizer(AutoTokenizer.from_pretrained(folder))
+
+
+def test_a_tokenizer_larger_than_the_embedding_table_is_refused():
+    from conftest import tiny_config, tiny_llm_config
+
+    model = BalmTsfForForecasting(tiny_config(llm_config=tiny_llm_config(vocab_size=1000)))
+    with pytest.raises(ValueError, match="30522 tokens but the backbone's embedding table has 1000 rows"):
+        check_tokenizer_fits_backbone(AutoTokenizer.from_pretrained(TOKENIZER_DIR), 1000)
+    with pytest.raises(ValueError):
+        model.set_tokenizer(AutoTokenizer.from_pretrained(TOKENIZER_DIR))
+
+
+def test_the_backbone_tokenizer_fits():
+    check_tokenizer_fits_backbone(AutoTokenizer.from_pretrained(TOKENIZER_DIR), 30522)
+
+
+def test_a_tokenizer_that_cannot_be_loaded_names_the_cause(tmp_path):
+    _, folder = _saved_folder(tmp_path)
+    (folder / "tokenizer.json").write_text("{ not json")
+    with pytest.raises(ValueError, match=r"tokenizer stored with the model \(.*tokenizer.json.*\) cannot be loaded"):
+        BalmTsfForForecasting.from_pretrained(folder)
+
+
+def test_a_folder_saved_without_a_tokenizer_loads_without_one(tmp_path):
+    model = BalmTsfForForecasting(tiny_model().config)
+    model.save_pretrained(tmp_path / "bare")
+    assert BalmTsfForForecasting.from_pretrained(tmp_path / "bare").tokenizer is None
+
+
+def test_validate_folder_refuses_an_incomplete_tokenizer(tmp_path):
+    from balm_hf.artifacts import validate_folder
+
+    folder = tmp_path / "trained"
+    shutil.copytree(LEGACY_FOLDER, folder)
+    validate_folder(folder)
+    (folder / "tokenizer.json").unlink()
+    with pytest.raises(ValueError, match=r"tokenizer files do not fit the backbone.*incomplete"):
+        validate_folder(folder)
+
+
+# -- clear loading errors ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["missing", "./missing/folder", "some/deep/missing/folder"])
+def test_a_local_folder_that_does_not_exist_is_named(tmp_path, name):
+    path = str(tmp_path / name) if name == "missing" else name
+    with pytest.raises(FileNotFoundError, match=f"no local folder '{re.escape(path)}'"):
+        BalmTsfForForecasting.from_pretrained(path)
+
+
+def test_an_unreachable_hub_id_says_it_is_no_local_folder():
+    with pytest.raises(OSError, match="'owner/absent-model': there is no local folder of that name"):
+        BalmTsfForForecasting.from_pretrained("owner/absent-model")
+
+
+@pytest.mark.parametrize(
+    ("damage", "match"),
+    [
+        (lambda data: data[: len(data) // 2], "is truncated or corrupt: its tensors need"),
+        (lambda data: data[:5], "is not a safetensors file: 5 bytes"),
+        (lambda data: b"\xff" * 8 + data[8:], "is truncated or not a safetensors file"),
+        (lambda data: data[:8] + b"x" * (len(data) - 8), "is not a safetensors file: its header is not JSON"),
+    ],
+    ids=["truncated", "tiny", "bad-length", "bad-header"],
+)
+def test_a_corrupt_safetensors_file_is_named(tmp_path, damage, match):
+    _, folder = _saved_folder(tmp_path)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(damage(weights.read_bytes()))
+    with pytest.raises(OSError, match=f"{re.escape(str(weights))} {match}"):
+        BalmTsfForForecasting.from_pretrained(folder)
+
+
+def test_an_intact_safetensors_file_passes_the_check(tmp_path):
+    _, folder = _saved_folder(tmp_path)
+    check_safetensors_file(folder / "model.safetensors")

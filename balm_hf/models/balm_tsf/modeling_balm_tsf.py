@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import inspect
+import json
 import math
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,10 +32,13 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_utils import AttentionInterface
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 from transformers.models.llama.modeling_llama import rotate_half
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, cached_file, logging
 
 from .configuration_balm_tsf import PROMPT_TEMPLATES, BalmTsfConfig
 from .losses import info_nce_loss, masked_mse_loss
+
+
+logger = logging.get_logger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -187,6 +193,51 @@ def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizer
     elif tokenizer.pad_token != "[PAD]":
         tokenizer.add_special_tokens({"pad_token": "[PAD]"})
     return tokenizer
+
+
+# Prompts of both templates whose every word a complete tokenizer of any backbone knows.
+_PROBE_PROMPTS = (
+    "min value -1.2345678806304932, max value 2.05, median value 0.01, the trend of input is upward, "
+    "top 5 lags are : [0, 24, 496, 48, 464], ",
+    "min -1.23 max 2.05 median 0.01 trend downward lags 0 24 496 48 464",
+)
+
+
+def check_tokenizer_fits_backbone(tokenizer: PreTrainedTokenizerBase, num_embeddings: int) -> None:
+    r"""
+    Check that `tokenizer` can write the statistics prompts for a backbone whose embedding table has `num_embeddings`
+    rows: every token id it can produce has a row, and the words of the prompts are real tokens, not its unknown
+    token (as they are for an incomplete tokenizer, e.g. a `tokenizer_config.json` saved without its
+    `tokenizer.json` or vocabulary file, which loads as a tokenizer of its few special tokens).
+
+    Args:
+        tokenizer ([`PreTrainedTokenizerBase`]): the tokenizer to attach.
+        num_embeddings (`int`): rows of the backbone's input embedding table.
+
+    Raises:
+        `ValueError`: the tokenizer does not fit, with the sizes or the words it does not know.
+    """
+    size = len(tokenizer)
+    if size > num_embeddings:
+        raise ValueError(
+            f"the tokenizer has {size} tokens but the backbone's embedding table has {num_embeddings} rows: it is "
+            "not the backbone's tokenizer"
+        )
+    unknown = tokenizer.unk_token_id
+    for prompt in _PROBE_PROMPTS:
+        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        if not ids or max(ids) >= num_embeddings:
+            raise ValueError(
+                f"the tokenizer writes ids beyond the backbone's embedding table of {num_embeddings} rows for "
+                f"{prompt!r}: it is not the backbone's tokenizer"
+            )
+        if unknown is not None and unknown in ids:
+            words = [token for token, id_ in zip(tokenizer.convert_ids_to_tokens(ids), ids) if id_ == unknown]
+            raise ValueError(
+                f"the tokenizer ({size} tokens) turns {len(words)} of the {len(ids)} tokens of the prompt {prompt!r} "
+                f"into its unknown token {tokenizer.unk_token!r}: it is incomplete (e.g. `tokenizer_config.json` "
+                "without `tokenizer.json` or its vocabulary file)"
+            )
 
 
 def tokenize_prompts(
@@ -855,6 +906,79 @@ class BalmTsfForecastHead(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+_TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model")
+
+
+def _looks_like_repo_id(name: str) -> bool:
+    """Whether `name` has the form of a Hub id (`name` or `owner/name`), as opposed to a local path."""
+    return bool(re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name)) and not name.startswith((".", "-")) and ".." not in name
+
+
+def check_safetensors_file(path: str | os.PathLike) -> None:
+    r"""
+    Check that `path` is a complete safetensors file: an 8-byte header length, a JSON header of that length, and
+    exactly the bytes its tensors' offsets cover.
+
+    Raises:
+        `OSError`: the file is truncated or not safetensors (the message names it and says why).
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            raise OSError(f"{path} is not a safetensors file: {size} bytes, shorter than its 8-byte header length")
+        header_length = int.from_bytes(head, "little")
+        if header_length > size - 8:
+            raise OSError(
+                f"{path} is truncated or not a safetensors file: its header claims {header_length} bytes, the file "
+                f"holds {size}"
+            )
+        try:
+            header = json.loads(handle.read(header_length))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise OSError(f"{path} is not a safetensors file: its header is not JSON ({error})") from error
+    if not isinstance(header, dict):
+        raise OSError(f"{path} is not a safetensors file: its header is not a JSON object")
+    try:
+        data = max(
+            (int(entry["data_offsets"][1]) for key, entry in header.items() if key != "__metadata__"), default=0
+        )
+    except (KeyError, TypeError, ValueError, IndexError) as error:
+        raise OSError(f"{path} is not a safetensors file: a header entry has no valid `data_offsets`") from error
+    if 8 + header_length + data != size:
+        raise OSError(
+            f"{path} is truncated or corrupt: its tensors need {8 + header_length + data} bytes, the file holds {size}"
+        )
+
+
+def _load_stored_tokenizer(source: str | os.PathLike, kwargs: dict[str, Any]) -> PreTrainedTokenizerBase | None:
+    """The tokenizer saved with a model (folder or Hub repo); `None` when none was saved, an error if it is broken."""
+    found = [
+        file
+        for file in _TOKENIZER_FILES
+        if cached_file(
+            source,
+            file,
+            _raise_exceptions_for_missing_entries=False,
+            _raise_exceptions_for_connection_errors=False,
+            **{k: v for k, v in kwargs.items() if k != "trust_remote_code"},
+        )
+        is not None
+    ]
+    if not found:
+        logger.warning(
+            f"{source} holds no tokenizer files: pass `prompt_input_ids`, or attach one with `model.set_tokenizer`"
+        )
+        return None
+    try:
+        return AutoTokenizer.from_pretrained(source, **kwargs)
+    except (OSError, ValueError, TypeError) as error:
+        raise ValueError(
+            f"{source}: the tokenizer stored with the model ({', '.join(found)}) cannot be loaded: {error}"
+        ) from error
+
+
 class BalmTsfPreTrainedModel(PreTrainedModel):
     config: BalmTsfConfig
     config_class = BalmTsfConfig
@@ -905,6 +1029,7 @@ class BalmTsfPreTrainedModel(PreTrainedModel):
                 f"the tokenizer's pad token id {tokenizer.pad_token_id} is outside the backbone's "
                 f"vocabulary of {vocab}"
             )
+        check_tokenizer_fits_backbone(tokenizer, vocab)
         self.get_text_encoder().tokenizer = tokenizer
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
@@ -922,9 +1047,36 @@ class BalmTsfPreTrainedModel(PreTrainedModel):
         Load the model and attach the tokenizer stored next to it (when the folder or repo has one). Weights are read
         from safetensors only (never a pickle), unless `use_safetensors=False` is passed explicitly. The LLM backbone
         comes back frozen, as it was saved.
+
+        Raises:
+            `FileNotFoundError`: `pretrained_model_name_or_path` is neither a local folder nor a Hub id.
+            `OSError`: a Hub id that cannot be fetched, or a weights file that is truncated or not safetensors (the
+                message names the file).
+            `ValueError`: the tokenizer stored with the model cannot be loaded or does not fit the backbone.
         """
         kwargs.setdefault("use_safetensors", True)
-        loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        name = str(pretrained_model_name_or_path)
+        folder = Path(name).expanduser()
+        if kwargs.get("subfolder"):
+            folder = folder / kwargs["subfolder"]
+        if not Path(name).expanduser().is_dir():
+            if Path(name).expanduser().exists():
+                raise NotADirectoryError(f"{name!r} is a file; pass the folder that holds config.json")
+            if not _looks_like_repo_id(name):
+                raise FileNotFoundError(f"no local folder {name!r} (and it is not a Hub id of the form 'owner/name')")
+        try:
+            loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except Exception as error:
+            if folder.is_dir():
+                for weights in sorted(folder.glob("*.safetensors")):
+                    check_safetensors_file(weights)
+                raise
+            if isinstance(error, OSError):
+                raise OSError(
+                    f"could not load {name!r}: there is no local folder of that name, and as a Hub id it cannot be "
+                    f"fetched ({error})"
+                ) from error
+            raise
         model = loaded[0] if isinstance(loaded, tuple) else loaded
         # Loading replaces every parameter by a new, trainable one; the backbone is frozen by design.
         model.get_text_encoder().llm.requires_grad_(False)
@@ -941,12 +1093,12 @@ class BalmTsfPreTrainedModel(PreTrainedModel):
             )
             if key in kwargs
         }
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **tokenizer_kwargs)
-        except (OSError, ValueError, TypeError):
-            tokenizer = None
+        tokenizer = _load_stored_tokenizer(pretrained_model_name_or_path, tokenizer_kwargs)
         if tokenizer is not None:
-            model.set_tokenizer(tokenizer)
+            try:
+                model.set_tokenizer(tokenizer)
+            except ValueError as error:
+                raise ValueError(f"{name}: the tokenizer stored with the model does not fit its backbone: {error}") from error
         return loaded
 
     # -- input checks -------------------------------------------------------------------------------------------------
@@ -1250,6 +1402,8 @@ __all__ = [
     "format_prompts",
     "prepare_prompt_inputs",
     "bernoulli_keep_mask",
+    "check_safetensors_file",
+    "check_tokenizer_fits_backbone",
     "fast_dropout",
     "scale_std",
     "sdpa_with_fast_dropout",
