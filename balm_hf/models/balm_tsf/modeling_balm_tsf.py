@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import inspect
+import json
 import math
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,10 +32,13 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_utils import AttentionInterface
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 from transformers.models.llama.modeling_llama import rotate_half
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, cached_file, logging
 
 from .configuration_balm_tsf import PROMPT_TEMPLATES, BalmTsfConfig
 from .losses import info_nce_loss, masked_mse_loss
+
+
+logger = logging.get_logger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -187,6 +193,50 @@ def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizer
     elif tokenizer.pad_token != "[PAD]":
         tokenizer.add_special_tokens({"pad_token": "[PAD]"})
     return tokenizer
+
+
+# Prompts of both templates whose every word a complete tokenizer of any backbone knows.
+_PROBE_PROMPTS = (
+    "min value -1.2345678806304932, max value 2.05, median value 0.01, the trend of input is upward, "
+    "top 5 lags are : [0, 24, 496, 48, 464], ",
+    "min -1.23 max 2.05 median 0.01 trend downward lags 0 24 496 48 464",
+)
+
+
+def check_tokenizer_fits_backbone(tokenizer: PreTrainedTokenizerBase, num_embeddings: int) -> None:
+    r"""
+    Check that `tokenizer` can write the statistics prompts for a backbone whose embedding table has `num_embeddings`
+    rows: every token id it can produce has a row, and the words of the prompts are real tokens, not its unknown
+    token (as they are for an incomplete tokenizer, e.g. a `tokenizer_config.json` saved without its
+    `tokenizer.json` or vocabulary file, which loads as a tokenizer of its few special tokens).
+
+    Args:
+        tokenizer ([`PreTrainedTokenizerBase`]): the tokenizer to attach.
+        num_embeddings (`int`): rows of the backbone's input embedding table.
+
+    Raises:
+        `ValueError`: the tokenizer does not fit, with the sizes or the words it does not know.
+    """
+    size = len(tokenizer)
+    if size > num_embeddings:
+        raise ValueError(
+            f"the tokenizer has {size} tokens but the backbone's embedding table has {num_embeddings} rows: it is "
+            "not the backbone's tokenizer"
+        )
+    unknown = tokenizer.unk_token_id
+    for prompt in _PROBE_PROMPTS:
+        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        if not ids or max(ids) >= num_embeddings:
+            raise ValueError(
+                f"the tokenizer writes ids beyond the backbone's embedding table of {num_embeddings} rows for "
+                f"{prompt!r}: it is not the backbone's tokenizer"
+            )
+        if unknown is not None and unknown in ids:
+            raise ValueError(
+                f"the tokenizer ({size} tokens) turns {ids.count(unknown)} of the {len(ids)} tokens of the prompt "
+                f"{prompt!r} into its unknown token {tokenizer.unk_token!r}: it is incomplete (e.g. "
+                "`tokenizer_config.json` without `tokenizer.json` or its vocabulary file)"
+            )
 
 
 def tokenize_prompts(
@@ -420,22 +470,46 @@ class BalmTsfRevIN(nn.Module):
             `(normalized, loc, scale)` with `loc` and `scale` of shape `[batch, 1, channels]`.
         """
         if observed_mask is None:
-            loc = values.mean(dim=1, keepdim=True).detach()
-            scale = torch.sqrt(values.var(dim=1, keepdim=True, unbiased=False) + self.eps).detach()
+            loc, scale = self._statistics(values, None)
             return (values - loc) / scale, loc, scale
         observed = observed_mask.to(torch.bool)
-        weights = observed.to(values.dtype)
         filled = torch.where(observed, values, torch.zeros_like(values))
+        loc, scale = self._statistics(filled, observed)
+        return torch.where(observed, (filled - loc) / scale, torch.zeros_like(values)), loc, scale
+
+    def _statistics(self, values: torch.Tensor, observed: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        `(loc, scale)` of every series. Where the variance overflows the dtype (magnitudes beyond about 1e19 in
+        float32), the statistics are computed on the series divided by its largest magnitude and scaled back, so that
+        they stay finite; every other series keeps the plain formulas' bits.
+        """
+        loc, variance = self._moments(values, observed)
+        scale = torch.sqrt(variance + self.eps)
+        overflow = ~(torch.isfinite(loc) & torch.isfinite(scale))
+        if bool(overflow.any()):
+            magnitude = values.abs().amax(dim=1, keepdim=True)
+            magnitude = torch.where(magnitude > 0, magnitude, torch.ones_like(magnitude))
+            unit_loc, unit_variance = self._moments(values / magnitude, observed)
+            safe_scale = magnitude * torch.sqrt(unit_variance + self.eps / magnitude**2)
+            loc = torch.where(overflow, magnitude * unit_loc, loc)
+            scale = torch.where(overflow, safe_scale, scale)
+        return loc.detach(), scale.detach()
+
+    @staticmethod
+    def _moments(values: torch.Tensor, observed: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and population variance over the time axis, of the observed values only when `observed` is given."""
+        plain_loc = values.mean(dim=1, keepdim=True)
+        plain_variance = values.var(dim=1, keepdim=True, unbiased=False)
+        if observed is None:
+            return plain_loc, plain_variance
+        weights = observed.to(values.dtype)
         count = weights.sum(dim=1, keepdim=True).clamp_min(1.0)
-        loc = filled.sum(dim=1, keepdim=True) / count
-        variance = ((filled - loc) ** 2 * weights).sum(dim=1, keepdim=True) / count
+        loc = values.sum(dim=1, keepdim=True) / count
+        variance = ((values - loc) ** 2 * weights).sum(dim=1, keepdim=True) / count
         # A fully observed series gets the unmasked formulas' bits: sum / count and mean round differently, and the
         # paper-mode prompt prints every bit, so the mask must change nothing where nothing is missing.
         complete = observed.all(dim=1, keepdim=True)
-        loc = torch.where(complete, filled.mean(dim=1, keepdim=True), loc).detach()
-        variance = torch.where(complete, filled.var(dim=1, keepdim=True, unbiased=False), variance)
-        scale = torch.sqrt(variance + self.eps).detach()
-        return torch.where(observed, (filled - loc) / scale, torch.zeros_like(values)), loc, scale
+        return torch.where(complete, plain_loc, loc), torch.where(complete, plain_variance, variance)
 
     @staticmethod
     def invert(values: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -722,30 +796,48 @@ class BalmTsfTextEncoder(nn.Module):
         series, text_tokens = input_ids.shape
         token_embeddings = self.llm.get_input_embeddings()(input_ids)  # [series x text_tokens x d_llm]
         prompt = self.learnable_prompt.to(token_embeddings.dtype)
-        if config.text_branch == "no_llm":
-            full = torch.cat([prompt.unsqueeze(0).expand(series, -1, -1), token_embeddings], dim=1)
-            return full[:, -self.prompt_length :]
-
-        kwargs: dict[str, Any] = {}
-        if config.prompt_attention_mask and attention_mask is not None:
+        full_mask = None
+        if attention_mask is not None:
             full_mask = torch.cat(
                 [attention_mask.new_ones(series, self.prompt_length), attention_mask], dim=1
             )  # [series x (prompt_length + text_tokens)]
+        if config.text_branch == "no_llm":
+            full = torch.cat([prompt.unsqueeze(0).expand(series, -1, -1), token_embeddings], dim=1)
+            # Nothing attends here, so the read-out are the last real positions whatever the padding (or the mask).
+            return _last_real_positions(full, full_mask, self.prompt_length)
+
+        kwargs: dict[str, Any] = {}
+        gather_mask = None
+        if config.prompt_attention_mask and full_mask is not None:
             kwargs["attention_mask"] = full_mask
             # Real tokens get consecutive positions whatever the padding side, so a padded row equals the row alone.
             kwargs["position_ids"] = (full_mask.cumsum(dim=1) - 1).clamp_min(0)
+            if not bool(full_mask[:, -self.prompt_length :].all()):
+                # Right padding, or text shorter than the read-out: read out each row's last real positions.
+                gather_mask = full_mask
 
         use_cache = config.use_prefix_cache if config.use_prefix_cache is not None else not self.training
         if use_cache and self.is_causal:
-            return self._forward_with_prefix_cache(prompt, token_embeddings, kwargs)
+            return self._forward_with_prefix_cache(prompt, token_embeddings, kwargs, gather_mask)
 
         full = torch.cat([prompt.unsqueeze(0).expand(series, -1, -1), token_embeddings], dim=1)
+        if gather_mask is not None:
+            return _last_real_positions(
+                self._run_llm(full, **kwargs).last_hidden_state, gather_mask, self.prompt_length
+            )
         return self._read_out(full, kwargs.get("attention_mask"), **kwargs)
 
     def _forward_with_prefix_cache(
-        self, prompt: torch.Tensor, token_embeddings: torch.Tensor, kwargs: dict[str, Any]
+        self,
+        prompt: torch.Tensor,
+        token_embeddings: torch.Tensor,
+        kwargs: dict[str, Any],
+        gather_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Causal backbones: the learnable prompt's states do not depend on the text, so compute them once."""
+        """
+        Causal backbones: the learnable prompt's states do not depend on the text, so compute them once. With
+        `gather_mask` (over prompt and text), the read-out are each row's last `prompt_length` real positions.
+        """
         series = token_embeddings.shape[0]
         prefix = self._run_llm(prompt.unsqueeze(0), use_cache=True)
         cache = getattr(prefix, "cache", None) or prefix.past_key_values
@@ -754,14 +846,29 @@ class BalmTsfTextEncoder(nn.Module):
         if "attention_mask" in kwargs:
             text_kwargs["attention_mask"] = kwargs["attention_mask"]
             text_kwargs["position_ids"] = kwargs["position_ids"][:, self.prompt_length :]
-        if token_embeddings.shape[1] < self.prompt_length:  # the read-out reaches into the prefix
+        if gather_mask is not None or token_embeddings.shape[1] < self.prompt_length:  # the read-out reaches further
             hidden = self._run_llm(token_embeddings, **text_kwargs).last_hidden_state
             hidden = torch.cat([prefix.last_hidden_state.expand(series, -1, -1), hidden], dim=1)
-            return hidden[:, -self.prompt_length :]
+            return _last_real_positions(hidden, gather_mask, self.prompt_length)
         last_layer = cache.layers[-1]
         # Read before the text run: the final block's cache entry then still holds the prefix only.
         past = (last_layer.keys, last_layer.values)
         return self._read_out(token_embeddings, kwargs.get("attention_mask"), past, **text_kwargs)
+
+
+def _last_real_positions(hidden: torch.Tensor, mask: torch.Tensor | None, count: int) -> torch.Tensor:
+    r"""
+    The last `count` positions of every row of `hidden` (`[series, tokens, dim]`) where `mask` (`[series, tokens]`) is
+    `1`, in order; with `mask=None` (or every row's last `count` positions real) simply the last `count` positions.
+    Every row must have at least `count` real positions (the learnable prompt alone has `count`).
+    """
+    if mask is None or bool(mask[:, -count:].all()):
+        return hidden[:, -count:]
+    real = mask.bool()
+    # Real positions at or after each position; the last `count` real ones have 1..count.
+    from_end = real.flip(dims=[1]).cumsum(dim=1).flip(dims=[1])
+    selected = real & (from_end <= count)
+    return hidden[selected].view(hidden.shape[0], count, hidden.shape[2])
 
 
 def scale_std(text: torch.Tensor, reference: torch.Tensor, eps: float) -> torch.Tensor:
@@ -796,6 +903,79 @@ class BalmTsfForecastHead(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------------
 # Pretrained models
 # ---------------------------------------------------------------------------------------------------------------------
+
+
+_TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model")
+
+
+def _looks_like_repo_id(name: str) -> bool:
+    """Whether `name` has the form of a Hub id (`name` or `owner/name`), as opposed to a local path."""
+    return bool(re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name)) and not name.startswith((".", "-")) and ".." not in name
+
+
+def check_safetensors_file(path: str | os.PathLike) -> None:
+    r"""
+    Check that `path` is a complete safetensors file: an 8-byte header length, a JSON header of that length, and
+    exactly the bytes its tensors' offsets cover.
+
+    Raises:
+        `OSError`: the file is truncated or not safetensors (the message names it and says why).
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            raise OSError(f"{path} is not a safetensors file: {size} bytes, shorter than its 8-byte header length")
+        header_length = int.from_bytes(head, "little")
+        if header_length > size - 8:
+            raise OSError(
+                f"{path} is truncated or not a safetensors file: its header claims {header_length} bytes, the file "
+                f"holds {size}"
+            )
+        try:
+            header = json.loads(handle.read(header_length))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise OSError(f"{path} is not a safetensors file: its header is not JSON ({error})") from error
+    if not isinstance(header, dict):
+        raise OSError(f"{path} is not a safetensors file: its header is not a JSON object")
+    try:
+        data = max(
+            (int(entry["data_offsets"][1]) for key, entry in header.items() if key != "__metadata__"), default=0
+        )
+    except (KeyError, TypeError, ValueError, IndexError) as error:
+        raise OSError(f"{path} is not a safetensors file: a header entry has no valid `data_offsets`") from error
+    if 8 + header_length + data != size:
+        raise OSError(
+            f"{path} is truncated or corrupt: its tensors need {8 + header_length + data} bytes, the file holds {size}"
+        )
+
+
+def _load_stored_tokenizer(source: str | os.PathLike, kwargs: dict[str, Any]) -> PreTrainedTokenizerBase | None:
+    """The tokenizer saved with a model (folder or Hub repo); `None` when none was saved, an error if it is broken."""
+    found = [
+        file
+        for file in _TOKENIZER_FILES
+        if cached_file(
+            source,
+            file,
+            _raise_exceptions_for_missing_entries=False,
+            _raise_exceptions_for_connection_errors=False,
+            **{k: v for k, v in kwargs.items() if k != "trust_remote_code"},
+        )
+        is not None
+    ]
+    if not found:
+        logger.warning(
+            f"{source} holds no tokenizer files: pass `prompt_input_ids`, or attach one with `model.set_tokenizer`"
+        )
+        return None
+    try:
+        return AutoTokenizer.from_pretrained(source, **kwargs)
+    except (OSError, ValueError, TypeError) as error:
+        raise ValueError(
+            f"{source}: the tokenizer stored with the model ({', '.join(found)}) cannot be loaded: {error}"
+        ) from error
 
 
 class BalmTsfPreTrainedModel(PreTrainedModel):
@@ -848,6 +1028,7 @@ class BalmTsfPreTrainedModel(PreTrainedModel):
                 f"the tokenizer's pad token id {tokenizer.pad_token_id} is outside the backbone's "
                 f"vocabulary of {vocab}"
             )
+        check_tokenizer_fits_backbone(tokenizer, vocab)
         self.get_text_encoder().tokenizer = tokenizer
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
@@ -865,9 +1046,36 @@ class BalmTsfPreTrainedModel(PreTrainedModel):
         Load the model and attach the tokenizer stored next to it (when the folder or repo has one). Weights are read
         from safetensors only (never a pickle), unless `use_safetensors=False` is passed explicitly. The LLM backbone
         comes back frozen, as it was saved.
+
+        Raises:
+            `FileNotFoundError`: `pretrained_model_name_or_path` is neither a local folder nor a Hub id.
+            `OSError`: a Hub id that cannot be fetched, or a weights file that is truncated or not safetensors (the
+                message names the file).
+            `ValueError`: the tokenizer stored with the model cannot be loaded or does not fit the backbone.
         """
         kwargs.setdefault("use_safetensors", True)
-        loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        name = str(pretrained_model_name_or_path)
+        folder = Path(name).expanduser()
+        if kwargs.get("subfolder"):
+            folder = folder / kwargs["subfolder"]
+        if not Path(name).expanduser().is_dir():
+            if Path(name).expanduser().exists():
+                raise NotADirectoryError(f"{name!r} is a file; pass the folder that holds config.json")
+            if not _looks_like_repo_id(name):
+                raise FileNotFoundError(f"no local folder {name!r} (and it is not a Hub id of the form 'owner/name')")
+        try:
+            loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except Exception as error:
+            if folder.is_dir():
+                for weights in sorted(folder.glob("*.safetensors")):
+                    check_safetensors_file(weights)
+                raise
+            if isinstance(error, OSError):
+                raise OSError(
+                    f"could not load {name!r}: there is no local folder of that name, and as a Hub id it cannot be "
+                    f"fetched ({error})"
+                ) from error
+            raise
         model = loaded[0] if isinstance(loaded, tuple) else loaded
         # Loading replaces every parameter by a new, trainable one; the backbone is frozen by design.
         model.get_text_encoder().llm.requires_grad_(False)
@@ -884,12 +1092,14 @@ class BalmTsfPreTrainedModel(PreTrainedModel):
             )
             if key in kwargs
         }
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **tokenizer_kwargs)
-        except (OSError, ValueError, TypeError):
-            tokenizer = None
+        tokenizer = _load_stored_tokenizer(pretrained_model_name_or_path, tokenizer_kwargs)
         if tokenizer is not None:
-            model.set_tokenizer(tokenizer)
+            try:
+                model.set_tokenizer(tokenizer)
+            except ValueError as error:
+                raise ValueError(
+                    f"{name}: the tokenizer stored with the model does not fit its backbone: {error}"
+                ) from error
         return loaded
 
     # -- input checks -------------------------------------------------------------------------------------------------
@@ -914,6 +1124,10 @@ class BalmTsfPreTrainedModel(PreTrainedModel):
             )
         if not past_values.is_floating_point():
             raise TypeError(f"`past_values` must be a floating point tensor, got {past_values.dtype}")
+        if past_values.shape[0] == 0:
+            raise ValueError(
+                f"`past_values` is an empty batch (shape {tuple(past_values.shape)}); pass at least one window"
+            )
         if past_observed_mask is None:
             if not bool(torch.isfinite(past_values).all()):
                 raise ValueError(
@@ -977,7 +1191,8 @@ class BalmTsfModel(BalmTsfPreTrainedModel):
         r"""
         Args:
             past_values (`torch.FloatTensor` of shape `[batch, context_length, num_input_channels]`):
-                The input windows. Must be finite where observed.
+                The input windows, of any float dtype. Must be finite where observed. The RevIN statistics are
+                computed in the model's dtype (at least float32) and the branches run in the model's dtype.
             past_observed_mask (`torch.Tensor` of the shape of `past_values`, *optional*):
                 `1` where `past_values` is observed, `0` where it is missing (may be NaN there). RevIN statistics use
                 observed values only and missing positions enter both branches as the series mean. Without it every
@@ -993,11 +1208,26 @@ class BalmTsfModel(BalmTsfPreTrainedModel):
         self._check_past_values(past_values, past_observed_mask)
         config = self.config
         batch, length, channels = past_values.shape
+        # Inputs of any float dtype: the statistics are computed in the model's dtype, at least float32 (half
+        # precision overflows beyond 65504), and the normalised series enters the branches in the model's dtype.
+        dtype = self.patch_embedding.conv.weight.dtype
+        statistics_dtype = torch.promote_types(dtype, torch.float32)
+        if past_values.dtype != statistics_dtype:
+            past_values = past_values.to(statistics_dtype)
+            observed = past_observed_mask.to(torch.bool) if past_observed_mask is not None else None
+            finite = torch.isfinite(past_values if observed is None else past_values[observed])
+            if not bool(finite.all()):
+                raise ValueError(
+                    f"`past_values` holds values beyond the range of {statistics_dtype} "
+                    f"(largest finite {torch.finfo(statistics_dtype).max:.3g}), the dtype the model computes its "
+                    "statistics in; rescale the series or convert the model with `model.to(torch.float64)`"
+                )
 
-        series, loc, scale = _fold_and_normalize(self.revin, past_values, past_observed_mask)  # [B*C x L]
+        normalized, loc, scale = _fold_and_normalize(self.revin, past_values, past_observed_mask)  # [B*C x L]
+        series = normalized.to(dtype)
 
         if prompt_input_ids is None:
-            prompt_inputs = self.build_prompt_inputs(series)
+            prompt_inputs = self.build_prompt_inputs(normalized)
             prompt_input_ids = prompt_inputs["prompt_input_ids"].to(past_values.device)
             prompt_attention_mask = prompt_inputs["prompt_attention_mask"].to(past_values.device)
         elif prompt_input_ids.shape[0] != batch * channels:
@@ -1073,12 +1303,15 @@ class BalmTsfForForecasting(BalmTsfPreTrainedModel):
             config_kwargs:
                 Any [`BalmTsfConfig`] argument (e.g. `context_length`, `prediction_length`, `llm_layers`).
         """
-        from .backbones import load_backbone, locate_backbone
+        from .backbones import load_backbone, locate_backbone, portable_backbone_name
 
         llm, tokenizer, source = load_backbone(name_or_path, llm_layers=config_kwargs.get("llm_layers", 6))
         gguf_file = locate_backbone(name_or_path)[1].get("gguf_file")
+        # Saved folders name the backbone by its Hub id (or a local folder by its name), never by a local path.
+        portable = portable_backbone_name(source)
+        llm_config = {**llm.config.to_dict(), "_name_or_path": portable}
         config = BalmTsfConfig(
-            llm_config=llm.config.to_dict(), llm_name_or_path=source, llm_gguf_file=gguf_file, **config_kwargs
+            llm_config=llm_config, llm_name_or_path=portable, llm_gguf_file=gguf_file, **config_kwargs
         )
         model = cls(config)
         if not random_init:
@@ -1173,6 +1406,8 @@ __all__ = [
     "format_prompts",
     "prepare_prompt_inputs",
     "bernoulli_keep_mask",
+    "check_safetensors_file",
+    "check_tokenizer_fits_backbone",
     "fast_dropout",
     "scale_std",
     "sdpa_with_fast_dropout",
