@@ -82,6 +82,10 @@ def configure_logging(verbose: bool = False) -> None:
         datasets_logging.set_verbosity_warning()
         transformers_logging.disable_progress_bar()
         datasets_logging.disable_progress_bar()
+    # Both libraries print through their own handlers; passing their records on to the root handler too would print
+    # every line twice.
+    transformers_logging.disable_propagation()
+    datasets_logging.disable_propagation()
     # The table of unexpected or missing weights that transformers prints after every load (a backbone cut to its
     # first blocks has many), at WARNING level.
     logging.getLogger(_LOADING_REPORT_LOGGER).setLevel(logging.NOTSET if verbose else logging.ERROR)

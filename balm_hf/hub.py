@@ -130,7 +130,10 @@ def _parameter_counts(config: BalmTsfConfig) -> tuple[int, int]:
 
 
 def _is_hub_id(name: str | None) -> bool:
-    return bool(name) and not Path(str(name)).exists() and _HUB_ID_PATTERN.match(str(name)) is not None
+    """A namespaced Hub id (`owner/name`). A saved folder records a local backbone by its folder name alone, which is
+    therefore never taken for a Hub model."""
+    text = str(name or "")
+    return "/" in text and not Path(text).exists() and _HUB_ID_PATTERN.match(text) is not None
 
 
 def _dataset_source(name: str | None) -> str | None:
