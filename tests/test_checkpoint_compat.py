@@ -46,13 +46,13 @@ def _saved_text(folder: Path) -> str:
 def test_a_local_backbone_is_recorded_by_its_folder_name_only(tmp_path):
     backbone = _local_backbone(tmp_path)
     model = BalmTsfForForecasting.from_backbone_pretrained(backbone, **SIZES)
-    assert model.config.llm_name_or_path == "my-gpt2"
-    assert model.config.llm_config._name_or_path == "my-gpt2"
+    assert model.config.llm_name_or_path == "./my-gpt2"
+    assert model.config.llm_config._name_or_path == "./my-gpt2"
     model.save_pretrained(tmp_path / "saved")
     text = _saved_text(tmp_path / "saved")
     assert str(tmp_path) not in text and "/backbones/" not in text
     reloaded = BalmTsfForForecasting.from_pretrained(tmp_path / "saved")
-    assert reloaded.config.llm_name_or_path == "my-gpt2"
+    assert reloaded.config.llm_name_or_path == "./my-gpt2"
 
 
 def test_the_offline_minilm_is_recorded_by_its_hub_id(tmp_path):
@@ -69,9 +69,10 @@ def test_the_offline_minilm_is_recorded_by_its_hub_id(tmp_path):
 @pytest.mark.parametrize(
     ("name", "portable"),
     [
-        ("/abs/path/to/backbone", "backbone"),
-        ("/abs/path/to/backbone/", "backbone"),
-        ("~/models/gpt2", "gpt2"),
+        ("/abs/path/to/backbone", "./backbone"),
+        ("/abs/path/to/backbone/", "./backbone"),
+        ("~/models/gpt2", "./gpt2"),
+        ("./backbone", "./backbone"),
         ("openai-community/gpt2", "openai-community/gpt2"),
         ("gpt2", "gpt2"),
     ],

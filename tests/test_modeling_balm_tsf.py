@@ -857,7 +857,7 @@ def test_from_backbone_pretrained_loads_a_local_backbone_frozen(tmp_path):
     )
     loaded = model.model.text_encoder.llm
     assert (
-        loaded.config.num_hidden_layers == 2 and model.config.llm_name_or_path == "llm"
+        loaded.config.num_hidden_layers == 2 and model.config.llm_name_or_path == "./llm"
     )  # the folder's name, no local path
     torch.testing.assert_close(loaded.h[1].attn.c_attn.weight, llm.h[1].attn.c_attn.weight)
     assert not any(p.requires_grad for p in loaded.parameters())

@@ -74,14 +74,15 @@ def locate_backbone(name_or_path: str | os.PathLike | None = None) -> tuple[str,
 def portable_backbone_name(name_or_path: str | os.PathLike | None = None) -> str:
     r"""
     The name of a backbone as a saved checkpoint records it: a Hub id unchanged (also when a package's local copy was
-    loaded), a local folder or `.gguf` file by its folder name only, so that no local path leaves the machine.
+    loaded), a local folder or `.gguf` file as `./` and its folder name only (e.g. `./my-gpt2`, never a Hub id), so
+    that no local path leaves the machine.
     """
     name = str(name_or_path) if name_or_path is not None else DEFAULT_BACKBONE
     path = Path(name).expanduser()
     if path.suffix == ".gguf" and path.is_file():
-        return path.resolve().parent.name
+        return f"./{path.resolve().parent.name}"
     if path.exists() or path.is_absolute() or name.startswith(("~", ".")):
-        return path.resolve().name
+        return f"./{path.resolve().name}"
     return name
 
 

@@ -26,10 +26,14 @@ FAST_MODE_SWITCHES: dict[str, Any] = {
 
 
 def _without_local_path(name: str | None) -> str | None:
-    """A backbone name with no local path: an absolute (or home- or dot-relative) path becomes its last component."""
+    """
+    A backbone name with no local path: an absolute (or home- or dot-relative) path becomes `./` and its last
+    component, which stays recognisable as a local folder (never a Hub id).
+    """
     if not name or not (os.path.isabs(name) or name.startswith(("~", "."))):
         return name
-    return os.path.basename(os.path.normpath(os.path.expanduser(name))) or None
+    base = os.path.basename(os.path.normpath(os.path.expanduser(name)))
+    return f"./{base}" if base not in ("", ".", "..") else None
 
 
 class BalmTsfConfig(PretrainedConfig):
@@ -78,8 +82,8 @@ class BalmTsfConfig(PretrainedConfig):
             pretrained weights are loaded with [`BalmTsfForForecasting.from_backbone_pretrained`]).
         llm_name_or_path (`str`, *optional*):
             Hub id the backbone weights were loaded from (also when a package's local copy was used), or for a local
-            folder its folder name only: an absolute path is reduced to its last component, here and in
-            `llm_config._name_or_path`, so that a saved folder holds no local path. Provenance only: nothing is
+            folder `./` and its folder name only (e.g. `./my-gpt2`): a path is reduced to its last component, here
+            and in `llm_config._name_or_path`, so that a saved folder holds no local path. Provenance only: nothing is
             downloaded from it.
         llm_gguf_file (`str`, *optional*):
             Name of the GGUF file the backbone weights were dequantised from (e.g. the Q4_1 SmolLM2 file that the
