@@ -190,6 +190,9 @@ def test_train_on_a_csv_is_one_command_and_saves_a_forecasting_folder(tmp_path, 
     assert summary[-2].startswith(f"saved {final}")
     assert summary[-1] == f"model card: {final / 'README.md'}"
     assert "# balm-tsf-my" in (final / "README.md").read_text()
+    # Re-evaluating the folder with its saved experiment (the user CSV by its path) gives its own numbers exactly.
+    reevaluated, _ = training.evaluate_pretrained(final, output_dir=tmp_path / "scratch")
+    assert reevaluated == rows
 
     forecast_csv = tmp_path / "forecast.csv"
     assert cli_main(["forecast", "--model", str(final), "--input", str(csv), "--output", str(forecast_csv)]) == 0

@@ -596,3 +596,19 @@ def test_two_cpu_processes_train_evaluate_each_test_item_once_and_match_one_proc
         assert b["mse"] == pytest.approx(a["mse"], rel=1e-5)
         assert b["mae"] == pytest.approx(a["mae"], rel=1e-5)
     assert_reevaluation_reproduces_the_saved_rows(tmp_path / "one" / "final", tmp_path / "scratch")
+
+
+def test_the_data_section_passes_the_timestamp_options_to_the_loader(tmp_path, monkeypatch):
+    from balm_hf.training import trainer
+
+    seen: dict = {}
+    monkeypatch.setattr(trainer, "load_forecasting_dataset", lambda *args, **kwargs: seen.update(kwargs) or "splits")
+    raw = tiny_experiment(tmp_path / "run")
+    raw["data"].update(date_format="%d/%m/%Y %H:%M", utc=True, duplicate_timestamps="warn", encoding="latin-1")
+    config = ExperimentConfig.from_dict(raw)
+    assert trainer.build_datasets(config) == "splits"
+    assert seen["date_format"] == "%d/%m/%Y %H:%M" and seen["utc"] is True
+    assert seen["duplicate_timestamps"] == "warn" and seen["encoding"] == "latin-1" and seen["date_column"] == "date"
+    raw["data"]["duplicate_timestamps"] = "ignore"
+    with pytest.raises(ValueError, match="duplicate_timestamps"):
+        ExperimentConfig.from_dict(raw)

@@ -197,6 +197,11 @@ def evaluate_pretrained(
         data_dir=data_dir if data_dir is not None else (data.get("data_dir") if same_dataset else None),
         split_config=data.get("split_config") if same_dataset else None,
         missing=missing,
+        **{
+            key: data[key]
+            for key in ("date_column", "date_format", "utc", "duplicate_timestamps", "encoding")
+            if same_dataset and data.get(key) is not None
+        },
     )
     _check_saved_scaler(model_name_or_path, splits.preprocessor)
     if drop_last_test_batch is None:

@@ -197,6 +197,16 @@ class DataArguments(_Section):
             Empty cells: `"error"`, `"ffill"` or `"mask"`.
         split_config (`str`, *optional*):
             For a CSV path: the benchmark whose split borders apply (default: the 70/10/20 protocol).
+        date_column (`str`, *optional*, defaults to `"date"`):
+            The timestamp column of a CSV.
+        date_format (`str`, *optional*):
+            `strftime` format of the timestamps (e.g. `"%d/%m/%Y %H:%M"`); default: inferred, one format per column.
+        utc (`bool`, *optional*, defaults to `False`):
+            Parse the timestamps as UTC (needed when their UTC offsets change, e.g. across daylight saving).
+        duplicate_timestamps (`str`, *optional*):
+            `"error"` or `"warn"` for a repeated timestamp; default: the split config's (`"error"` for a user CSV).
+        encoding (`str`, *optional*, defaults to `"utf-8"`):
+            Text encoding of the CSV.
     """
 
     _section = "data"
@@ -210,6 +220,11 @@ class DataArguments(_Section):
     features: str = "M"
     missing: str = "error"
     split_config: str | None = None
+    date_column: str = "date"
+    date_format: str | None = None
+    utc: bool = False
+    duplicate_timestamps: str | None = None
+    encoding: str = "utf-8"
 
     def __post_init__(self) -> None:
         self._positive("context_length", "prediction_length")
@@ -217,6 +232,8 @@ class DataArguments(_Section):
             raise ValueError(f"`data.percent` must be in [1, 100], got {self.percent!r}")
         self._choice("features", ("M", "S"))
         self._choice("missing", ("error", "ffill", "mask"))
+        if self.duplicate_timestamps is not None:
+            self._choice("duplicate_timestamps", ("error", "warn"))
         is_path = self.dataset.endswith((".csv", ".csv.gz")) or os.sep in self.dataset
         if not is_path:
             try:

@@ -376,6 +376,11 @@ def build_datasets(config: ExperimentConfig) -> BalmTsfDatasetDict:
             features=data.features,
             missing=data.missing,
             split_config=data.split_config,
+            date_column=data.date_column,
+            date_format=data.date_format,
+            utc=data.utc,
+            duplicate_timestamps=data.duplicate_timestamps,
+            encoding=data.encoding,
         )
     except (OSError, ValueError) as error:
         raise ValueError(f"`data.dataset` {data.dataset!r}: {_one_line(error)}") from None
