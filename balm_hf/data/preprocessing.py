@@ -12,6 +12,9 @@ import torch
 from transformers.feature_extraction_utils import FeatureExtractionMixin
 
 
+SCALING_MODES = ("global", "per_series")
+
+
 class BalmTsfPreprocessor(FeatureExtractionMixin):
     r"""
     The fitted data pipeline of a forecasting dataset: channel order, scaler statistics, split borders and time axis.
@@ -61,6 +64,18 @@ class BalmTsfPreprocessor(FeatureExtractionMixin):
             ISO format of the file's last timestamp.
         num_rows (`int`, *optional*):
             Number of rows in the file.
+        id_column (`str`, *optional*):
+            For long data (many series): the column naming the series (item) of each row; `None` for one wide series.
+        scaling (`str`, *optional*, defaults to `"global"`):
+            `"global"`: one mean and std per column (`mean`, `std`) for every series; `"per_series"`: each series has
+            its own per-column statistics in `series_statistics`, fitted on its own train rows (`mean` and `std` then
+            hold the statistics of all series' train rows pooled, for reference only). Files written without it load
+            as `"global"`.
+        series_statistics (`dict[str, dict[str, list[float]]]`, *optional*):
+            With `scaling="per_series"`: item id (as a string) -> `{"mean": [...], "std": [...]}`, one value per
+            column in `columns` order (population std, 1.0 for a constant column).
+        series_ids (`list[str]`, *optional*):
+            The item ids in the order of the datasets' `series_index` (defaults to the order of `series_statistics`).
 
     Example:
 
@@ -93,6 +108,10 @@ class BalmTsfPreprocessor(FeatureExtractionMixin):
         frequency: str | None = None,
         last_timestamp: str | None = None,
         num_rows: int | None = None,
+        id_column: str | None = None,
+        scaling: str = "global",
+        series_statistics: Mapping[Any, Mapping[str, Sequence[float]]] | None = None,
+        series_ids: Sequence[Any] | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.pop("feature_extractor_type", None)
@@ -126,16 +145,123 @@ class BalmTsfPreprocessor(FeatureExtractionMixin):
         self.frequency = frequency
         self.last_timestamp = last_timestamp
         self.num_rows = num_rows
+        if scaling not in SCALING_MODES:
+            raise ValueError(f"`scaling` must be one of {SCALING_MODES}, got {scaling!r}")
+        if scaling == "per_series" and not series_statistics:
+            raise ValueError(
+                '`scaling="per_series"` needs `series_statistics` (item id -> {"mean": [...], "std": [...]})'
+            )
+        self.id_column = None if id_column is None else str(id_column)
+        self.scaling = scaling
+        self.series_statistics = (
+            None
+            if series_statistics is None
+            else {str(item): self._check_item_statistics(item, stats) for item, stats in series_statistics.items()}
+        )
+        if series_ids is not None:
+            series_ids = [str(item) for item in series_ids]
+            unknown = [
+                item for item in series_ids if self.series_statistics is None or item not in self.series_statistics
+            ]
+            if unknown:
+                raise ValueError(f"`series_ids` {unknown[:5]} have no `series_statistics`")
+        elif self.series_statistics is not None:
+            series_ids = list(self.series_statistics)
+        self.series_ids = series_ids
+
+    def _check_item_statistics(self, item: Any, stats: Mapping[str, Sequence[float]]) -> dict[str, list[float]]:
+        """One item's `{"mean", "std"}` as float lists of one value per column, checked."""
+        if not isinstance(stats, Mapping) or set(stats) != {"mean", "std"}:
+            raise ValueError(
+                f'`series_statistics[{str(item)!r}]` must be {{"mean": [...], "std": [...]}}, got {stats!r}'
+            )
+        mean, std = [float(value) for value in stats["mean"]], [float(value) for value in stats["std"]]
+        if len(mean) != len(self.columns) or len(std) != len(self.columns):
+            raise ValueError(
+                f"`series_statistics[{str(item)!r}]` needs one mean and std per column ({len(self.columns)}: "
+                f"{self.columns}), got {len(mean)} and {len(std)}"
+            )
+        if not all(math.isfinite(value) for value in mean) or any(not math.isfinite(v) or v <= 0 for v in std):
+            raise ValueError(
+                f"`series_statistics[{str(item)!r}]` must hold finite means and finite positive stds, got {stats!r}"
+            )
+        return {"mean": mean, "std": std}
+
+    def _column_indices(self, columns: Sequence[str]) -> np.ndarray:
+        unknown = [column for column in columns if str(column) not in self.columns]
+        if unknown:
+            raise ValueError(f"column(s) {unknown} were not trained (the preprocessor knows {self.columns})")
+        return np.asarray([self.columns.index(str(column)) for column in columns], dtype=np.int64)
+
+    def statistics_for(
+        self, item_id: Any, columns: Sequence[str], history: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """
+        The mean and std that scale the series `item_id` in the given columns.
+
+        Args:
+            item_id (`Any`):
+                The series' id (compared as a string); ignored with `scaling="global"`.
+            columns (`Sequence[str]`):
+                Trained column names, in the order wanted.
+            history (`np.ndarray` of shape `[rows, len(columns)]`, *optional*):
+                Raw values of the series; with `scaling="per_series"` an item that has no stored statistics is scaled
+                by their NaN-aware mean and population std (a std of 0 becomes 1).
+
+        Returns:
+            `tuple[np.ndarray, np.ndarray]`: float64 `mean` and `std`, each of shape `[len(columns)]`.
+
+        Raises:
+            `ValueError`: for an untrained column, or with `scaling="per_series"` for an unknown item without
+            `history`, a `history` of the wrong shape or a column without any finite value in it.
+        """
+        columns = [str(column) for column in columns]
+        index = self._column_indices(columns)
+        if self.scaling == "global":
+            return np.asarray(self.mean, dtype=np.float64)[index], np.asarray(self.std, dtype=np.float64)[index]
+        stats = (self.series_statistics or {}).get(str(item_id))
+        if stats is not None:
+            mean = np.asarray(stats["mean"], dtype=np.float64)[index]
+            return mean, np.asarray(stats["std"], dtype=np.float64)[index]
+        if history is None:
+            raise ValueError(
+                f"series {str(item_id)!r} has no stored scaling statistics (the preprocessor was fitted on "
+                f"{len(self.series_statistics or {})} other series); pass its `history` to scale it by its own values"
+            )
+        values = np.asarray(history, dtype=np.float64)
+        if values.ndim == 1 and len(columns) == 1:
+            values = values[:, None]
+        if values.ndim != 2 or values.shape[1] != len(columns):
+            raise ValueError(
+                f"`history` of series {str(item_id)!r} must have shape [rows, {len(columns)}] (columns {columns}), "
+                f"got {values.shape}"
+            )
+        values = np.where(np.isfinite(values), values, np.nan)
+        empty = [column for column, count in zip(columns, np.isfinite(values).sum(axis=0), strict=True) if count == 0]
+        if empty:
+            raise ValueError(f"`history` of series {str(item_id)!r} has no finite value in column(s) {empty}")
+        mean, std = np.nanmean(values, axis=0), np.nanstd(values, axis=0)
+        return mean, np.where(std == 0, 1.0, std)
 
     @property
     def num_channels(self) -> int:
         return len(self.columns)
 
     def _statistics(
-        self, values: np.ndarray | torch.Tensor, channel_index: int | np.ndarray | torch.Tensor | None
+        self,
+        values: np.ndarray | torch.Tensor,
+        channel_index: int | np.ndarray | torch.Tensor | None,
+        item_id: Any = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Mean and std shaped to broadcast against `values` (float64 numpy)."""
-        mean, std = np.asarray(self.mean), np.asarray(self.std)
+        if self.scaling == "per_series":
+            if item_id is None:
+                raise ValueError(
+                    'this preprocessor scales each series by its own statistics (scaling="per_series"): pass `item_id`'
+                )
+            mean, std = self.statistics_for(item_id, self.columns)
+        else:
+            mean, std = np.asarray(self.mean), np.asarray(self.std)
         if channel_index is None:
             if values.ndim == 0 or values.shape[-1] != self.num_channels:
                 raise ValueError(
@@ -156,14 +282,14 @@ class BalmTsfPreprocessor(FeatureExtractionMixin):
         trailing = (1,) * (values.ndim - index.ndim)
         return mean[index].reshape(index.shape + trailing), std[index].reshape(index.shape + trailing)
 
-    def _apply(self, values: Any, channel_index: Any, inverse: bool) -> Any:
+    def _apply(self, values: Any, channel_index: Any, inverse: bool, item_id: Any = None) -> Any:
         if isinstance(values, pd.DataFrame):
             missing = [column for column in self.columns if column not in values.columns]
             if missing:
                 raise ValueError(f"DataFrame lacks the columns {missing} (expected {self.columns})")
             values = values[self.columns].to_numpy(dtype=np.float64)
         if isinstance(values, torch.Tensor):
-            mean, std = self._statistics(values, channel_index)
+            mean, std = self._statistics(values, channel_index, item_id)
             dtype = values.dtype if values.is_floating_point() else torch.float32
             mean_t = torch.as_tensor(mean, dtype=dtype, device=values.device)
             std_t = torch.as_tensor(std, dtype=dtype, device=values.device)
@@ -171,7 +297,7 @@ class BalmTsfPreprocessor(FeatureExtractionMixin):
         values = np.asarray(values)
         if values.dtype.kind not in "fiu":
             raise TypeError(f"Expected numeric values, got dtype {values.dtype}")
-        mean, std = self._statistics(values, channel_index)
+        mean, std = self._statistics(values, channel_index, item_id)
         np_dtype = values.dtype if values.dtype.kind == "f" else np.dtype(np.float64)
         mean, std = mean.astype(np_dtype), std.astype(np_dtype)
         return values * std + mean if inverse else (values - mean) / std
@@ -180,6 +306,7 @@ class BalmTsfPreprocessor(FeatureExtractionMixin):
         self,
         values: np.ndarray | torch.Tensor | pd.DataFrame,
         channel_index: int | np.ndarray | torch.Tensor | None = None,
+        item_id: Any = None,
     ) -> np.ndarray | torch.Tensor:
         """
         Standardise raw values with the train statistics.
@@ -190,18 +317,22 @@ class BalmTsfPreprocessor(FeatureExtractionMixin):
             channel_index (`int`, `np.ndarray` or `torch.Tensor`, *optional*):
                 For channel-independent items: the channel of each item, shaped like the leading dimensions of
                 `values` (e.g. `[batch]` for `[batch, length, 1]`), or one int for all.
+            item_id (`Any`, *optional*):
+                The series the values belong to; required with `scaling="per_series"` (a stored item), ignored
+                otherwise.
 
         Returns:
             Scaled values of the same type (torch keeps device and floating dtype).
         """
-        return self._apply(values, channel_index, inverse=False)
+        return self._apply(values, channel_index, inverse=False, item_id=item_id)
 
     def inverse_transform(
         self,
         values: np.ndarray | torch.Tensor | pd.DataFrame,
         channel_index: int | np.ndarray | torch.Tensor | None = None,
+        item_id: Any = None,
     ) -> np.ndarray | torch.Tensor:
         """
         Map scaled values (model inputs or forecasts) back to the file's units; see [`~BalmTsfPreprocessor.transform`].
         """
-        return self._apply(values, channel_index, inverse=True)
+        return self._apply(values, channel_index, inverse=True, item_id=item_id)
