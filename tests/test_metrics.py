@@ -15,6 +15,7 @@ from balm_hf.metrics import (
     compute_forecasting_metrics,
     load_forecasting_metric,
     make_compute_metrics,
+    weighted_quantile_loss,
 )
 
 
@@ -60,14 +61,14 @@ def numpy_reference(prediction, reference, past=None, seasonality=1, observed=No
                 for h in range(prediction.shape[1]):
                     if observed is None or observed[w, h, c]:
                         scaled.append(abs(prediction[w, h, c] - reference[w, h, c]) / scale)
-        result["mase"] = float(np.mean(scaled))
+        result["mase_context"] = float(np.mean(scaled))
     return result
 
 
 def test_metrics_equal_hand_computed_numpy_values():
     result = compute_forecasting_metrics(PREDICTIONS, REFERENCES, past_values=PAST)
     expected = numpy_reference(PREDICTIONS, REFERENCES, past=PAST)
-    assert set(result) == {"mse", "mae", "mape", "smape", "mase"}
+    assert set(result) == {"mse", "mae", "mape", "smape", "mase_context"}
     for name, value in expected.items():
         assert result[name] == pytest.approx(value, rel=1e-12), name
     # Worked out by hand: the absolute errors are 1, 0, 0, 2, 3, 1, 0.5, 2, 1, 0.5, 1, 2.
@@ -75,21 +76,119 @@ def test_metrics_equal_hand_computed_numpy_values():
     assert result["mae"] == pytest.approx(14 / 12)
 
 
-def test_mase_uses_seasonal_difference_of_each_window_and_channel():
+def test_mase_context_uses_seasonal_difference_of_each_window_and_channel():
     past = np.arange(10.0)[None, :, None] ** 2  # differences at lag 2: (t)^2 - (t-2)^2 = 4t - 4, t = 2..9 -> mean 18
     prediction = np.full((1, 2, 1), 4.0)
     reference = np.ones((1, 2, 1))
     result = compute_forecasting_metrics(prediction, reference, past_values=past, seasonality=2)
-    assert result["mase"] == pytest.approx(3.0 / 18.0)
-    assert result["mase"] == pytest.approx(numpy_reference(prediction, reference, past, seasonality=2)["mase"])
+    assert "mase" not in result  # the standard MASE needs the whole history, not the window's context
+    assert result["mase_context"] == pytest.approx(3.0 / 18.0)
+    expected = numpy_reference(prediction, reference, past, seasonality=2)["mase_context"]
+    assert result["mase_context"] == pytest.approx(expected)
 
 
-def test_mase_leaves_out_series_with_a_constant_context():
+def test_mase_context_leaves_out_series_with_a_constant_context():
     past = np.stack([np.zeros(5), np.arange(5.0)])[:, :, None]  # window 0 has scale 0, window 1 has scale 1
     prediction = np.full((2, 3, 1), 2.0)
     reference = np.zeros((2, 3, 1))
-    assert compute_forecasting_metrics(prediction, reference, past_values=past)["mase"] == pytest.approx(2.0)
-    assert math.isnan(compute_forecasting_metrics(prediction[:1], reference[:1], past_values=past[:1])["mase"])
+    assert compute_forecasting_metrics(prediction, reference, past_values=past)["mase_context"] == pytest.approx(2.0)
+    assert math.isnan(compute_forecasting_metrics(prediction[:1], reference[:1], past_values=past[:1])["mase_context"])
+
+
+def test_mase_scales_by_the_whole_in_sample_history_of_each_series():
+    # Two windows of one channel whose histories have different lengths (Hyndman & Koehler's in-sample scale).
+    first = np.array([1.0, 3.0, 2.0, 6.0, 4.0])  # lag-2 differences |2-1|, |6-3|, |4-2| -> scale 2
+    second = np.array([0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 5.0, 5.0])  # lag 2: 0, 0, 0, 0, 5, 4 -> scale 1.5
+    prediction = np.array([[[3.0], [1.0]], [[2.0], [2.0]]])
+    reference = np.array([[[1.0], [1.0]], [[5.0], [2.0]]])  # |e|: 2, 0 and 3, 0
+    result = compute_forecasting_metrics(prediction, reference, insample_values=[first, second], seasonality=2)
+    assert result["mase"] == pytest.approx((2 / 2 + 0 / 2 + 3 / 1.5 + 0 / 1.5) / 4)
+    assert "mase_context" not in result
+    # The same histories padded in front with NaN to one array give the same scale.
+    padded = np.full((2, 8, 1), np.nan)
+    padded[0, 3:, 0], padded[1, :, 0] = first, second
+    assert compute_forecasting_metrics(prediction, reference, insample_values=padded, seasonality=2)[
+        "mase"
+    ] == pytest.approx(result["mase"])
+    # The window's own context (its last 4 values) gives other scales: lag 2 of [3, 2, 6, 4] -> 2.5, of
+    # [0, 1, 5, 5] -> 4.5.
+    context = np.stack([first[-4:], second[-4:]])[:, :, None]
+    both = compute_forecasting_metrics(
+        prediction, reference, past_values=context, insample_values=[first, second], seasonality=2
+    )
+    assert both["mase"] == pytest.approx(result["mase"])
+    assert both["mase_context"] == pytest.approx((2 / 2.5 + 0 + 3 / 4.5 + 0) / 4)
+
+
+def test_mase_in_sample_history_per_channel_and_errors():
+    history = np.array([[0.0, 10.0], [2.0, 10.0], [4.0, 13.0]])  # naive scale: channel 0 -> 2, channel 1 -> 1.5
+    prediction = np.array([[[5.0, 10.0]]])
+    reference = np.array([[[4.0, 13.0]]])
+    assert compute_forecasting_metrics(prediction, reference, insample_values=[history])["mase"] == pytest.approx(
+        (1 / 2 + 3 / 1.5) / 2
+    )
+    with pytest.raises(ValueError, match="window 0 .* 3 values"):
+        compute_forecasting_metrics(prediction, reference, insample_values=[history], seasonality=3)
+    with pytest.raises(ValueError, match="2 windows of history for 1 windows"):
+        compute_forecasting_metrics(prediction, reference, insample_values=[history, history])
+    with pytest.raises(ValueError, match="channels"):
+        compute_forecasting_metrics(prediction, reference, insample_values=[history[:, :1]])
+
+
+# -- weighted quantile loss -------------------------------------------------------------------------------------------
+
+# One series, two steps, levels 0.1 / 0.5 / 0.9; worked out by hand in the test below.
+WQL_REFERENCES = np.array([[2.0, 4.0]])
+WQL_QUANTILES = np.array([[[1.0, 2.0, 4.0], [3.0, 5.0, 6.0]]])
+WQL_LEVELS = [0.1, 0.5, 0.9]
+
+
+def test_weighted_quantile_loss_equals_hand_computed_value():
+    # 2 * pinball per level, summed over the steps, over sum |y| = 6:
+    # 0.1: y above both quantiles, 2 * (0.1 * 1 + 0.1 * 1) = 0.4; 0.5: 2 * (0 + 0.5 * 1) = 1.0;
+    # 0.9: y below both, 2 * (0.1 * 2 + 0.1 * 2) = 0.8. Mean over the levels: (0.4 + 1.0 + 0.8) / 6 / 3.
+    result = weighted_quantile_loss(WQL_QUANTILES, WQL_REFERENCES, WQL_LEVELS)
+    assert result == pytest.approx(2.2 / 18)
+    assert isinstance(result, float)
+    # torch input and a [steps] layout give the same number.
+    assert weighted_quantile_loss(torch.from_numpy(WQL_QUANTILES[0]), WQL_REFERENCES[0], WQL_LEVELS) == pytest.approx(
+        result
+    )
+
+
+def test_weighted_quantile_loss_of_the_median_alone_is_weighted_absolute_error():
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=(3, 5, 2))
+    median = reference + rng.normal(size=reference.shape)
+    result = weighted_quantile_loss(median[..., None], reference, [0.5])
+    assert result == pytest.approx(np.abs(median - reference).sum() / np.abs(reference).sum())
+
+
+def test_weighted_quantile_loss_leaves_out_missing_references():
+    reference = np.array([[2.0, 4.0, np.nan]])
+    quantiles = np.concatenate([WQL_QUANTILES, np.full((1, 1, 3), 100.0)], axis=1)
+    assert weighted_quantile_loss(quantiles, reference, WQL_LEVELS) == pytest.approx(2.2 / 18)
+    observed = np.array([[1, 1, 0]])
+    filled = np.nan_to_num(reference, nan=-50.0)
+    assert weighted_quantile_loss(quantiles, filled, WQL_LEVELS, observed_mask=observed) == pytest.approx(2.2 / 18)
+    assert math.isnan(weighted_quantile_loss(np.ones((1, 2, 1)), np.zeros((1, 2)), [0.5]))  # sum |y| = 0
+
+
+@pytest.mark.parametrize(
+    ("quantiles", "references", "levels", "match"),
+    [
+        (WQL_QUANTILES, WQL_REFERENCES, [0.1, 0.5], "last axis of the 2 quantile levels"),
+        (WQL_QUANTILES, WQL_REFERENCES, [0.1, 0.5, 1.0], "between 0 and 1"),
+        (WQL_QUANTILES, WQL_REFERENCES, [0.1, 0.5, 0.5], "distinct"),
+        (WQL_QUANTILES, WQL_REFERENCES, [], "at least one"),
+        (WQL_QUANTILES, np.array([[2.0, 4.0, 1.0]]), WQL_LEVELS, "shape"),
+        (WQL_QUANTILES, np.array([[2.0, np.inf]]), WQL_LEVELS, "infinite"),
+        (np.zeros((0, 2, 1)), np.zeros((0, 2)), [0.5], "no values"),
+    ],
+)
+def test_weighted_quantile_loss_rejects_bad_input(quantiles, references, levels, match):
+    with pytest.raises(ValueError, match=match):
+        weighted_quantile_loss(quantiles, references, levels)
 
 
 def test_smape_counts_zero_over_zero_as_zero_and_mape_skips_zero_references():
@@ -219,14 +318,14 @@ def test_compute_metrics_picks_prediction_outputs_from_the_output_tuple():
 
 
 def test_compute_metrics_uses_observed_mask_and_inputs():
-    compute_metrics = make_compute_metrics(metrics=("mse", "mase"), seasonality=1)
+    compute_metrics = make_compute_metrics(metrics=("mse", "mase_context"), seasonality=1)
     observed = np.ones_like(REFERENCES)
     observed[1] = 0
     result = compute_metrics(
         EvalPrediction(predictions=PREDICTIONS, label_ids=(REFERENCES, observed), inputs=PAST),
     )
     expected = compute_forecasting_metrics(PREDICTIONS[:1], REFERENCES[:1], past_values=PAST[:1])
-    assert result == pytest.approx({"mse": expected["mse"], "mase": expected["mase"]})
+    assert result == pytest.approx({"mse": expected["mse"], "mase_context": expected["mase_context"]})
 
 
 def test_compute_metrics_ambiguous_or_missing_forecast_raises():
@@ -237,7 +336,15 @@ def test_compute_metrics_ambiguous_or_missing_forecast_raises():
     result = make_compute_metrics(prediction_index=0)(EvalPrediction(predictions=ambiguous, label_ids=labels))
     assert result["mse"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="include_for_metrics"):
-        make_compute_metrics(metrics=("mase",))(EvalPrediction(predictions=np.ones((2, 1, 1)), label_ids=labels))
+        make_compute_metrics(metrics=("mase_context",))(
+            EvalPrediction(predictions=np.ones((2, 1, 1)), label_ids=labels)
+        )
+
+
+def test_make_compute_metrics_refuses_mase_and_names_the_context_variant():
+    # The Trainer sees context windows only, never a series' whole history: the standard MASE cannot be computed there.
+    with pytest.raises(ValueError, match="mase_context"):
+        make_compute_metrics(metrics=("mse", "mase"))
 
 
 @pytest.mark.parametrize(("metrics", "error"), [("mse", TypeError), (("mse", "rmse"), ValueError), ((), ValueError)])
@@ -285,7 +392,7 @@ def test_trainer_evaluate_reports_metrics_over_every_window(tmp_path, model_name
         model=model,
         args=args,
         eval_dataset=items,
-        compute_metrics=make_compute_metrics(metrics=("mse", "mae", "mase")),
+        compute_metrics=make_compute_metrics(metrics=("mse", "mae", "mase_context")),
     )
     metrics = trainer.evaluate()
 
@@ -297,7 +404,7 @@ def test_trainer_evaluate_reports_metrics_over_every_window(tmp_path, model_name
     expected = compute_forecasting_metrics(prediction, future, past_values=past)
     assert metrics["eval_mse"] == pytest.approx(expected["mse"], rel=1e-5)
     assert metrics["eval_mae"] == pytest.approx(expected["mae"], rel=1e-5)
-    assert metrics["eval_mase"] == pytest.approx(expected["mase"], rel=1e-5)
+    assert metrics["eval_mase_context"] == pytest.approx(expected["mase_context"], rel=1e-5)
 
 
 def test_the_model_config_alone_says_which_output_is_the_forecast(tmp_path):
