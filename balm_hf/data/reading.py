@@ -7,7 +7,7 @@ import hashlib
 import logging
 import os
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +116,7 @@ def resolve_source(
         ) from error
 
 
-def _diagnose_non_numeric(path: Path, date_column: str, encoding: str = "utf-8") -> str | None:
+def _diagnose_non_numeric(path: Path, text_columns: Sequence[str], encoding: str = "utf-8") -> str | None:
     """Name the columns holding cells that are not numbers (read as text with pandas)."""
     try:
         raw = pd.read_csv(path, dtype=str, keep_default_na=True, encoding=encoding)
@@ -124,7 +124,7 @@ def _diagnose_non_numeric(path: Path, date_column: str, encoding: str = "utf-8")
         return None
     problems = []
     for column in raw.columns:
-        if column == date_column:
+        if column in text_columns:
             continue
         cells = raw[column]
         parsed = pd.to_numeric(cells, errors="coerce")
@@ -185,9 +185,16 @@ def _check_compression(path: Path) -> None:
 
 
 def read_csv(
-    path: Path, date_column: str, cache_dir: str | os.PathLike | None, encoding: str = "utf-8"
+    path: Path,
+    date_column: str,
+    cache_dir: str | os.PathLike | None,
+    encoding: str = "utf-8",
+    id_column: str | None = None,
 ) -> pd.DataFrame:
-    """Read the CSV through `datasets` (date as text, every other column as float64), cached by content."""
+    """
+    Read the CSV through `datasets` (date and `id_column` as text, every other column as float64), cached by
+    content.
+    """
     _check_compression(path)
     try:
         first = pd.read_csv(path, nrows=1, encoding=encoding)
@@ -203,12 +210,15 @@ def read_csv(
     header = first.columns
     if date_column not in header:
         raise ValueError(f"{path}: no {date_column!r} column (columns: {list(header)}); pass `date_column=...`")
-    if len(header) < 2:
-        raise ValueError(f"{path}: no value columns besides {date_column!r}")
+    text_columns = [date_column] if id_column is None else [date_column, id_column]
+    if id_column is not None and id_column not in header:
+        raise ValueError(f"{path}: no {id_column!r} column (columns: {list(header)}); pass the series id column")
+    if len(header) <= len(text_columns):
+        raise ValueError(f"{path}: no value columns besides {' and '.join(repr(c) for c in text_columns)}")
     if first.empty:
         raise ValueError(f"{path}: the file has a header ({list(header)}) but no data rows")
     features = datasets.Features(
-        {column: datasets.Value("string" if column == date_column else "float64") for column in header}
+        {column: datasets.Value("string" if column in text_columns else "float64") for column in header}
     )
     try:
         table = datasets.load_dataset(
@@ -224,14 +234,14 @@ def read_csv(
         explained = _explain_unreadable(path, error, encoding)
         if explained is not None:
             raise explained from error
-        problems = _diagnose_non_numeric(path, date_column, encoding)
+        problems = _diagnose_non_numeric(path, text_columns, encoding)
         if problems:
             raise ValueError(f"{path}: non-numeric values in columns {problems}") from error
         raise ValueError(f"{path}: could not read the CSV ({type(error).__name__}: {error})") from error
     return table.to_pandas()
 
 
-def handle_missing(values: np.ndarray, columns: list[str], missing: str, path: Path) -> np.ndarray | None:
+def handle_missing(values: np.ndarray, columns: list[str], missing: str, path: str | os.PathLike) -> np.ndarray | None:
     """Fill NaN cells in place as `missing` says; returns the observed mask for `"mask"`."""
     infinite = np.isinf(values)
     if infinite.any():
@@ -252,3 +262,29 @@ def handle_missing(values: np.ndarray, columns: list[str], missing: str, path: P
         raise ValueError(f"{path}: columns {empty} have no values at all")
     values[:] = pd.DataFrame(values).ffill().bfill().to_numpy()
     return ~nan if missing == "mask" else None
+
+
+def frame_values(frame: pd.DataFrame, columns: Sequence[str], label: str, hint: str = "") -> np.ndarray:
+    """
+    The given columns of a DataFrame as float64 `[rows, columns]`, as a CSV of the frame would be read: numbers as
+    they are, empty cells as NaN, text holding numbers parsed; other text and booleans are an error naming the column
+    and the first row.
+    """
+    values = np.empty((len(frame), len(columns)), dtype=np.float64)
+    for position, column in enumerate(columns):
+        cells = frame[column]
+        if pd.api.types.is_bool_dtype(cells.dtype):
+            raise ValueError(f"{label}: column {column!r} holds booleans, not numbers{hint}")
+        if pd.api.types.is_numeric_dtype(cells.dtype):
+            values[:, position] = cells.to_numpy(dtype=np.float64, na_value=np.nan)
+            continue
+        parsed = pd.to_numeric(cells, errors="coerce")
+        bad = (cells.notna() & parsed.isna()).to_numpy()
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"{label}: non-numeric values in column {column!r} (first at data row {row}: {cells.iloc[row]!r})"
+                f"{hint}"
+            )
+        values[:, position] = parsed.to_numpy(dtype=np.float64, na_value=np.nan)
+    return values

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from importlib import resources
 from typing import Any
 
+import pandas as pd
 import yaml
 
 from .timestamps import DUPLICATE_MODES
@@ -111,6 +112,13 @@ def compute_split_borders(
             "validation": (num_train, num_train + num_val),
             "test": (num_rows - num_test, num_rows),
         }
+    return _lookback_rows(borders, context_length, percent)
+
+
+def _lookback_rows(
+    borders: Mapping[str, tuple[int, int]], context_length: int, percent: int | float
+) -> tuple[dict[str, tuple[int, int]], int]:
+    """The rows each split reads given its target border: the few-shot trim of train, the lookback of the others."""
     scaler_end = borders["train"][1]
     train_end = int((scaler_end - context_length) * percent // 100 + context_length)
     rows = {
@@ -119,3 +127,44 @@ def compute_split_borders(
         "test": (borders["test"][0] - context_length, borders["test"][1]),
     }
     return rows, scaler_end
+
+
+def cutoff_split_borders(
+    dates: pd.DatetimeIndex,
+    cutoff: pd.Timestamp,
+    context_length: int,
+    percent: int | float = 100,
+    test_cutoff: pd.Timestamp | None = None,
+) -> tuple[dict[str, tuple[int, int]], int]:
+    """
+    The row ranges of the splits of one series cut at timestamps, like [`compute_split_borders`] for ratios.
+
+    The train rows are those with a timestamp at or before `cutoff` (the last training timestamp, neuralforecast's
+    and GluonTS' convention). With `test_cutoff`, validation targets are the rows after `cutoff` up to and including
+    `test_cutoff`, and test targets the rows after `test_cutoff`; without it, the rows after `cutoff` are halved:
+    the first `n // 2` are validation targets and the other `n - n // 2` test targets. As with the ratio protocol,
+    validation and test read the `context_length` rows before their first target, the few-shot `percent` trims only
+    the train split, and the scaler is fitted on all the train rows.
+
+    Args:
+        dates (`pd.DatetimeIndex`): the series' strictly increasing timestamps.
+        cutoff (`pd.Timestamp`): the last timestamp of the train split.
+        context_length (`int`): the lookback `L`.
+        percent (`int` or `float`, *optional*, defaults to 100): few-shot percentage of the train split.
+        test_cutoff (`pd.Timestamp`, *optional*): the last timestamp of the validation split.
+
+    Returns:
+        `tuple[dict[str, tuple[int, int]], int]`: `{split: (start, end)}` and the scaler's end row.
+    """
+    num_rows = len(dates)
+    num_train = int(dates.searchsorted(cutoff, side="right"))
+    if test_cutoff is None:
+        num_val = (num_rows - num_train) // 2
+    else:
+        num_val = int(dates.searchsorted(test_cutoff, side="right")) - num_train
+    borders = {
+        "train": (0, num_train),
+        "validation": (num_train, num_train + num_val),
+        "test": (num_train + num_val, num_rows),
+    }
+    return _lookback_rows(borders, context_length, percent)
