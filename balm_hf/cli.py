@@ -29,7 +29,7 @@ _ERRORS = (ValueError, TypeError, FileNotFoundError, ImportError, ConnectionErro
 # Exit status of a refused input (bad config, data, backbone or option value), as argparse uses for usage errors.
 USAGE_ERROR = 2
 
-PACKAGED_EXPERIMENTS = ("default", "csv")
+PACKAGED_EXPERIMENTS = ("default", "csv", "finetune")
 
 _LOADING_REPORT_LOGGER = "transformers.utils.loading_report"
 
@@ -42,7 +42,8 @@ def packaged_experiment_path(name: str = "default") -> Path:
         name (`str`, *optional*, defaults to `"default"`):
             `"default"`: the CPU demo that `balm-tsf train` runs without `--config` (`configuration/default.yaml` in
             the repository is an identical copy); `"csv"`: the template for a user CSV that `balm-tsf train --data
-            FILE` starts from.
+            FILE` starts from; `"finetune"`: the template that `balm-tsf train --init-from MODEL --data FILE` starts
+            from (no architecture keys: they come from the checkpoint).
     """
     if name not in PACKAGED_EXPERIMENTS:
         raise ValueError(f"no packaged experiment {name!r}; choose one of {', '.join(PACKAGED_EXPERIMENTS)}")
@@ -104,6 +105,20 @@ def add_push_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument(
         "--keep-readme", action="store_true", help="upload the folder's own README.md instead of rendering a card"
     )
+    kind = parser.add_mutually_exclusive_group()
+    kind.add_argument(
+        "--lean",
+        dest="lean",
+        action="store_true",
+        default=True,
+        help="upload the trained weights and a verified reference to the frozen backbone (the default)",
+    )
+    kind.add_argument("--full", dest="lean", action="store_false", help="upload the frozen backbone's weights too")
+    parser.add_argument(
+        "--backbone-path",
+        default=None,
+        help="local copy of the backbone to verify a lean upload with (default: its recorded Hub id or package)",
+    )
     return parser
 
 
@@ -121,27 +136,65 @@ def run_push(args: argparse.Namespace) -> int:
         output_dir=args.output_dir,
         render_card=not args.keep_readme,
         license=args.license or DEFAULT_LICENSE,
+        lean=args.lean,
+        backbone_path=args.backbone_path,
     )
+    kind = "lean checkpoint, the backbone by verified reference" if args.lean else "full checkpoint"
     if result.dry_run:
         sys.stdout.write(
-            f"dry run: prepared and validated {result.folder} for {result.repo_id} ({len(result.files)} files: "
-            f"{', '.join(result.files)}); nothing was uploaded\n"
+            f"dry run: prepared and validated {result.folder} for {result.repo_id} ({kind}; {len(result.files)} "
+            f"files: {', '.join(result.files)}); nothing was uploaded\n"
         )
     else:
-        sys.stdout.write(f"pushed {len(result.files)} files to {result.repo_url} ({result.commit_url})\n")
+        sys.stdout.write(f"pushed {len(result.files)} files ({kind}) to {result.repo_url} ({result.commit_url})\n")
     return 0
 
 
 def _add_forecast_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="trained folder or Hub repository id")
-    parser.add_argument("--input", required=True, help="CSV (or .csv.gz) with a date column and the model's channels")
+    parser.add_argument(
+        "--input", required=True, help="CSV (or .csv.gz): a date column and the model's channels, or the long layout"
+    )
     parser.add_argument("--output", default="-", help="CSV to write the forecast to (default: standard output)")
+    parser.add_argument(
+        "--format",
+        choices=("wide", "long"),
+        default="wide",
+        help="'wide': one column per channel in and out (default); 'long': one row per series and time step in and "
+        "out (--id-column, --timestamp-column, --target; output columns id, timestamp, target_name, predictions, "
+        "then one per quantile)",
+    )
     parser.add_argument("--plot", default=None, help="also write a PNG of the history and the forecast")
     parser.add_argument("--plot-columns", nargs="+", default=None, help="channels to plot (default: all)")
+    parser.add_argument(
+        "--plot-item", default=None, help="with --format long: the item to plot (default: the only one)"
+    )
     parser.add_argument("--date-column", default=None, help="timestamp column (default: the preprocessor's, 'date')")
+    parser.add_argument(
+        "--timestamp-column", default=None, help="with --format long: the timestamp column (default: 'timestamp')"
+    )
+    parser.add_argument(
+        "--target", nargs="+", default=None, help="with --format long: the column(s) to forecast (default: 'target')"
+    )
+    parser.add_argument(
+        "--quantiles",
+        nargs="+",
+        type=float,
+        default=None,
+        help="with --format long: quantile levels to add, e.g. 0.1 0.5 0.9 (needs `balm-tsf calibrate` first)",
+    )
     parser.add_argument("--freq", default=None, help="pandas frequency of the future timestamps (default: inferred)")
-    parser.add_argument("--id-column", default=None, help="column identifying several stacked series")
-    parser.add_argument("--batch-size", type=int, default=None, help="model batch size (default: all series at once)")
+    parser.add_argument(
+        "--id-column",
+        default=None,
+        help="column identifying each series (stacked wide input; default 'item_id' with --format long)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="series per model call (default: all at once for wide input, 1024 with --format long)",
+    )
     parser.add_argument("--device", default=None, help="torch device, e.g. 'cuda' (default: cpu)")
     parser.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of --model")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output or --plot file")
@@ -152,8 +205,14 @@ def _check_forecast_outputs(args: argparse.Namespace) -> None:
     input_path = Path(args.input)
     if not input_path.is_file():
         raise FileNotFoundError(f"--input {input_path} does not exist")
-    if args.plot and args.id_column:
-        raise ValueError("--plot draws one series; it cannot be combined with --id-column")
+    long_only = {"--timestamp-column": args.timestamp_column, "--target": args.target, "--quantiles": args.quantiles}
+    long_only["--plot-item"] = args.plot_item
+    if args.format == "wide":
+        given = [option for option, value in long_only.items() if value is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} need --format long")
+        if args.plot and args.id_column:
+            raise ValueError("--plot draws one series; it cannot be combined with --id-column")
     if args.plot:
         try:
             import matplotlib  # noqa: F401
@@ -187,13 +246,25 @@ def run_forecast(args: argparse.Namespace) -> int:
     load_kwargs = {"revision": args.revision} if args.revision else {}
     forecaster = BalmTsfForecaster.from_pretrained(args.model, device=args.device, **load_kwargs)
     date_column = args.date_column or forecaster.preprocessor.date_column or "date"
-    # A DataFrame in gives one DataFrame out (stacked series included, with `--id-column`).
-    forecast = cast(
-        pd.DataFrame,
-        forecaster.predict(
-            history, date_column=date_column, freq=args.freq, id_column=args.id_column, batch_size=args.batch_size
-        ),
-    )
+    if args.format == "long":
+        date_column = args.timestamp_column or "timestamp"
+        forecast = forecaster.predict_df(
+            history,
+            id_column=args.id_column or "item_id",
+            timestamp_column=date_column,
+            target=args.target or "target",
+            quantile_levels=args.quantiles,
+            batch_size=args.batch_size,
+            freq=args.freq,
+        )
+    else:
+        # A DataFrame in gives one DataFrame out (stacked series included, with `--id-column`).
+        forecast = cast(
+            pd.DataFrame,
+            forecaster.predict(
+                history, date_column=date_column, freq=args.freq, id_column=args.id_column, batch_size=args.batch_size
+            ),
+        )
     if args.output == "-":
         forecast.to_csv(sys.stdout, index=False)
     else:
@@ -202,7 +273,15 @@ def run_forecast(args: argparse.Namespace) -> int:
         forecast.to_csv(output, index=False)
         logger.info("wrote %d forecast rows to %s", len(forecast), output)
     if args.plot:
-        plot_forecast(history, forecast, args.plot, columns=args.plot_columns, date_column=date_column)
+        plot_forecast(
+            history,
+            forecast,
+            args.plot,
+            columns=args.plot_columns,
+            date_column=date_column,
+            item_id=args.plot_item,
+            model_name=args.model,
+        )
         logger.info("wrote %s", args.plot)
     return 0
 
@@ -236,6 +315,16 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     )
     parser.add_argument("--target", default=None, metavar="COLUMN", help="target column (the last channel)")
     parser.add_argument(
+        "--init-from",
+        default=None,
+        metavar="FOLDER_OR_HUB_ID",
+        help="fine-tune: start from this trained model (a final/ folder or a Hub id) instead of a new one; its "
+        "architecture is kept (model.init_from; without --config the packaged fine-tuning template is used)",
+    )
+    parser.add_argument(
+        "--init-revision", default=None, metavar="REVISION", help="Hub revision of --init-from (model.init_revision)"
+    )
+    parser.add_argument(
         "--output-dir", type=Path, default=None, help="run folder (default: training.output_dir of the config)"
     )
     parser.add_argument(
@@ -265,8 +354,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 
 
 def train_overrides(parser: argparse.ArgumentParser, args: argparse.Namespace, unknown: Sequence[str]) -> list[str]:
-    """`--data`/`--target` (and with `--data` but no `--config`, the run's `name` after the file), then the `--set`
-    overrides, then the `--section.key value` (or `--section.key=value`) ones in `unknown`.
+    """`--data`/`--target` (and with `--data` but no `--config`, the run's `name` after the file) and
+    `--init-from`/`--init-revision`, then the `--set` overrides, then the `--section.key value` (or
+    `--section.key=value`) ones in `unknown`.
 
     Anything else in `unknown` is refused with `parser.error`.
     """
@@ -279,6 +369,10 @@ def train_overrides(parser: argparse.ArgumentParser, args: argparse.Namespace, u
         overrides.append(f"data.dataset={json.dumps(str(args.data))}")
     if getattr(args, "target", None) is not None:
         overrides.append(f"data.target={json.dumps(str(args.target))}")
+    if getattr(args, "init_from", None) is not None:
+        overrides.append(f"model.init_from={json.dumps(str(args.init_from))}")
+    if getattr(args, "init_revision", None) is not None:
+        overrides.append(f"model.init_revision={json.dumps(str(args.init_revision))}")
     overrides += list(args.overrides)
     index = 0
     while index < len(unknown):
@@ -309,6 +403,10 @@ def _train_config_path(args: argparse.Namespace) -> Path:
         if not Path(args.config).is_file():
             raise FileNotFoundError(f"--config {args.config} does not exist")
         return Path(args.config)
+    if getattr(args, "init_from", None) is not None:
+        if args.data is None and not any(override.startswith("data.dataset=") for override in args.overrides):
+            raise ValueError("--init-from without --config needs the data to fine-tune on: --data CSV")
+        return packaged_experiment_path("finetune")
     return packaged_experiment_path("csv" if args.data is not None else "default")
 
 
@@ -418,6 +516,143 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_backtest_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="trained folder or Hub repository id")
+    parser.add_argument(
+        "--input",
+        required=True,
+        help="CSV (or .csv.gz): the long layout (an id column, a timestamp column, the target column(s)), or a wide "
+        "table (a date column and the model's channels: one item, each channel a target)",
+    )
+    parser.add_argument("--n-windows", type=int, required=True, help="number of forecast origins (cutoffs) per series")
+    parser.add_argument("--step", type=int, default=None, help="rows between cutoffs (default: the model's horizon)")
+    parser.add_argument(
+        "--id-column",
+        default=None,
+        help="item id column (default: 'item_id' when the file has one; without it the file is one wide item)",
+    )
+    parser.add_argument(
+        "--timestamp-column",
+        default=None,
+        help="timestamp column (default: 'timestamp' when the file has one, else the preprocessor's, 'date')",
+    )
+    parser.add_argument(
+        "--target",
+        nargs="+",
+        default=None,
+        help="column(s) to forecast (default: the model's channels found in the file, else 'target')",
+    )
+    parser.add_argument(
+        "--quantiles",
+        nargs="+",
+        type=float,
+        default=None,
+        help="quantile levels to forecast and score with WQL, e.g. 0.1 0.5 0.9 (needs `balm-tsf calibrate` first)",
+    )
+    parser.add_argument(
+        "--season-length",
+        type=int,
+        default=None,
+        help="season m of the MASE scale (default: 24 hourly, 96 15-minute, 7 daily data, else 1)",
+    )
+    parser.add_argument("--output", default=None, help="CSV to write the forecasts of every cutoff to")
+    parser.add_argument("--metrics", default=None, help="CSV to write the metrics (per cutoff and overall) to")
+    parser.add_argument("--plot", default=None, help="PNG of the forecasts of every cutoff over the actuals")
+    parser.add_argument("--plot-item", default=None, help="the item to plot (default: the first)")
+    parser.add_argument("--plot-target", nargs="+", default=None, help="the target(s) to plot (default: all)")
+    parser.add_argument("--freq", default=None, help="pandas frequency of the timestamps (default: inferred)")
+    parser.add_argument("--batch-size", type=int, default=None, help="series per model call (default: 1024)")
+    parser.add_argument("--device", default=None, help="torch device, e.g. 'cuda' (default: cpu)")
+    parser.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of --model")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace existing --output, --metrics or --plot files"
+    )
+
+
+def _check_backtest_outputs(args: argparse.Namespace) -> None:
+    """Refuse, before any work, outputs that would replace the input, each other or an existing file."""
+    input_path = Path(args.input)
+    if not input_path.is_file():
+        raise FileNotFoundError(f"--input {input_path} does not exist")
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise ImportError(
+                f'--plot {args.plot} needs matplotlib: pip install "balm-tsf[plot]" (nothing was written)'
+            ) from None
+    outputs = {
+        option: Path(value)
+        for option, value in (("--output", args.output), ("--metrics", args.metrics), ("--plot", args.plot))
+        if value is not None
+    }
+    seen: dict[Path, str] = {}
+    for option, path in outputs.items():
+        resolved = path.resolve()
+        if resolved == input_path.resolve():
+            raise ValueError(f"{option} {path} is the --input file: the backtest would replace its data")
+        if resolved in seen:
+            raise ValueError(f"{seen[resolved]} and {option} are the same file {path}")
+        seen[resolved] = option
+        if path.exists() and not args.overwrite:
+            raise FileExistsError(f"{option} {path} already exists; pass --overwrite to replace it")
+
+
+def run_backtest(args: argparse.Namespace) -> int:
+    """Run `backtest`: read the CSV (long or wide), backtest, print the metrics, write the CSVs (and the PNG)."""
+    import pandas as pd
+
+    from .backtesting import backtest, plot_backtest
+    from .forecasting import BalmTsfForecaster
+
+    _check_backtest_outputs(args)
+    input_path = Path(args.input)
+    data = pd.read_csv(input_path)
+    load_kwargs = {"revision": args.revision} if args.revision else {}
+    forecaster = BalmTsfForecaster.from_pretrained(args.model, device=args.device, **load_kwargs)
+    id_column = args.id_column or "item_id"
+    if args.id_column is None and id_column not in data.columns:
+        # A wide table: one item, named after the file, whose channels are its targets.
+        data.insert(0, id_column, input_path.name.split(".")[0])
+    timestamp_column = args.timestamp_column or (
+        "timestamp" if "timestamp" in data.columns else forecaster.preprocessor.date_column or "date"
+    )
+    targets = args.target or [column for column in forecaster.columns if column in data.columns] or ["target"]
+    result = backtest(
+        forecaster,
+        data,
+        n_windows=args.n_windows,
+        step=args.step,
+        id_column=id_column,
+        timestamp_column=timestamp_column,
+        target=targets,
+        quantile_levels=args.quantiles,
+        season_length=args.season_length,
+        batch_size=args.batch_size,
+        freq=args.freq,
+    )
+    for option, frame in (("output", result.forecasts), ("metrics", result.metrics)):
+        if getattr(args, option):
+            path = Path(getattr(args, option))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            frame.to_csv(path, index=False)
+            logger.info("wrote %d rows to %s", len(frame), path)
+    if args.plot:
+        item = args.plot_item
+        if item is not None and item not in set(result.forecasts[id_column]):
+            # Ids read as numbers from the CSV are matched by their text.
+            matches = [value for value in pd.unique(result.forecasts[id_column]) if str(value) == item]
+            item = matches[0] if matches else item
+        plot_backtest(result, args.plot, item=item, target=args.plot_target)
+        logger.info("wrote %s", args.plot)
+    sys.stdout.write(
+        f"backtest of {args.model} on {input_path}: {result.n_windows} cutoffs {result.step} rows apart, horizon "
+        f"{result.prediction_length}, MASE season {result.season_length}\n"
+    )
+    sys.stdout.write(result.metrics.to_string(index=False) + "\n")
+    return 0
+
+
 class _Command(NamedTuple):
     help: str
     description: str
@@ -455,6 +690,15 @@ _COMMANDS = {
         None,
         add_evaluate_arguments,
         run_evaluate,
+    ),
+    "backtest": _Command(
+        "backtest a trained model on the end of your series",
+        "Forecast from n rolling cutoffs at the end of every series of a CSV (long or wide) and score each forecast "
+        "against what followed: MSE and MAE in the data's units and standardised, MASE (in-sample seasonal scale) "
+        "and, with --quantiles, WQL; per cutoff and overall.",
+        None,
+        _add_backtest_arguments,
+        run_backtest,
     ),
 }
 
@@ -507,6 +751,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ```bash
     balm-tsf train                                   # the packaged CPU demo (ETTh1, MiniLM backbone)
     balm-tsf train --data my.csv --target OT         # your CSV, split 70/10/20
+    balm-tsf train --init-from outputs/balm-tsf-my/final --data new.csv --set data.percent=10   # fine-tune it
     balm-tsf train --config configuration/long_term/etth1_96.yaml --set training.learning_rate=0.005 --data.percent 10
     balm-tsf forecast --model outputs/balm-tsf-csv/final --input my.csv --output forecast.csv --plot forecast.png
     balm-tsf evaluate outputs/etth1_96/final --drop-last-test-batch --results results/eval_results.json

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
+from tqdm.auto import tqdm
 
+from .calibration import CALIBRATION_FILE, ConformalCalibration, MissingCalibrationError, _missing_message
 from .data import BalmTsfPreprocessor, check_increasing, infer_frequency, parse_timestamps
 from .models.balm_tsf.modeling_balm_tsf import BalmTsfForForecasting
 
@@ -24,6 +27,9 @@ SERIES_ID_COLUMN = "series_id"
 STEP_COLUMN = "step"
 _LOAD_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "subfolder", "force_download")
 _MODEL_ONLY_KWARGS = ("dtype",)
+# Series per model call of `predict_df`: bounds the memory of a call whatever the number of series.
+DEFAULT_BATCH_SIZE = 1024
+FORMATS = ("wide", "long")
 
 
 class BalmTsfForecaster:
@@ -48,6 +54,9 @@ class BalmTsfForecaster:
         model ([`BalmTsfForForecasting`]): a trained model with its tokenizer attached.
         preprocessor ([`BalmTsfPreprocessor`]): the scaler fitted on the model's training data.
         device (`str` or `torch.device`, *optional*): where to run the model; defaults to where it is.
+        calibration ([`~balm_hf.calibration.ConformalCalibration`], *optional*):
+            The checkpoint's split-conformal calibration, which quantile forecasts need; its columns must be the
+            preprocessor's and its horizon the model's. `from_pretrained` reads it from the folder when present.
 
     Example:
 
@@ -66,6 +75,7 @@ class BalmTsfForecaster:
         model: BalmTsfForForecasting,
         preprocessor: BalmTsfPreprocessor,
         device: str | torch.device | None = None,
+        calibration: ConformalCalibration | None = None,
     ) -> None:
         if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
             raise TypeError(f"`model` must be a BalmTsfForForecasting, got {type(model).__name__}")
@@ -84,8 +94,22 @@ class BalmTsfForecaster:
                 "the model has no tokenizer attached (it builds its text prompts with it): load it with "
                 "`from_pretrained` from a folder that holds the tokenizer files, or call `model.set_tokenizer(...)`"
             )
+        if calibration is not None:
+            if not isinstance(calibration, ConformalCalibration):
+                raise TypeError(f"`calibration` must be a ConformalCalibration, got {type(calibration).__name__}")
+            if sorted(calibration.columns) != sorted(preprocessor.columns):
+                raise ValueError(
+                    f"the calibration is for the columns {calibration.columns} but the preprocessor scales "
+                    f"{preprocessor.columns}: it belongs to another checkpoint"
+                )
+            if calibration.prediction_length != model.config.prediction_length:
+                raise ValueError(
+                    f"the calibration covers {calibration.prediction_length} steps but the model forecasts "
+                    f"prediction_length={model.config.prediction_length}: it belongs to another checkpoint"
+                )
         self.model = model
         self.preprocessor = preprocessor
+        self.calibration = calibration
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
 
     @classmethod
@@ -103,6 +127,9 @@ class BalmTsfForecaster:
             device (`str` or `torch.device`, *optional*): where to run the model (default: CPU).
             kwargs: `revision`, `token`, `cache_dir`, `local_files_only`, `subfolder` or `force_download`, passed to
                 both `from_pretrained` calls; `dtype` (e.g. `torch.bfloat16`), passed to the model's only.
+
+        The folder's `conformal_calibration.safetensors`, when present, becomes [`calibration`] (quantile
+        forecasts); without it the forecaster gives point forecasts only.
 
         Raises:
             `FileNotFoundError`: a local folder that does not exist (a path that cannot be a Hub id, or a Hub-id-like
@@ -136,10 +163,11 @@ class BalmTsfForecaster:
                 f"No trained folder at {source!r}: there is no such local folder, and loading it as a Hub repository "
                 f"failed ({error})"
             ) from error
+        calibration = _load_calibration(source, local, shared)
         model.eval()
         if device is not None:
             model.to(device)
-        return cls(model, preprocessor, device=device)
+        return cls(model, preprocessor, device=device, calibration=calibration)
 
     @property
     def context_length(self) -> int:
@@ -156,7 +184,9 @@ class BalmTsfForecaster:
 
     # -- input parsing ----------------------------------------------------------------------------------------------
 
-    def _parse_dates(self, raw: Any, date_column: str, label: str, date_format: str | None) -> pd.DatetimeIndex:
+    def _parse_dates(
+        self, raw: Any, date_column: str, label: str, date_format: str | None, check_order: bool = True
+    ) -> pd.DatetimeIndex:
         """Read timestamps with the given format, else the one recorded at training (else found again)."""
         recorded = date_format is None and self.preprocessor.date_format is not None
         fmt = date_format or self.preprocessor.date_format
@@ -171,7 +201,8 @@ class BalmTsfForecaster:
                 f"{error} (the format of the training data, recorded in the preprocessor; pass `date_format=` for "
                 "timestamps written differently)"
             ) from error
-        check_increasing(dates, label, date_column)
+        if check_order:
+            check_increasing(dates, label, date_column)
         return dates
 
     def _frame_values(
@@ -241,18 +272,28 @@ class BalmTsfForecaster:
 
     @torch.no_grad()
     def forecast_windows(
-        self, windows: np.ndarray, batch_size: int | None = None, labels: Sequence[str] | None = None
+        self,
+        windows: np.ndarray,
+        batch_size: int | None = None,
+        labels: Sequence[str] | None = None,
+        mean: np.ndarray | None = None,
+        std: np.ndarray | None = None,
     ) -> np.ndarray:
         r"""
         Forecast raw-unit windows: scale, run the model in its dtype, invert the scaling, check the result is finite.
 
         Args:
             windows (`np.ndarray` of shape `[series, context_length, channels]`): raw values, channels in `columns`
-                order.
+                order. With per-series `mean` and `std`, a channel-independent model also takes `channels=1`: each
+                series is then one univariate series (name its item and column in `labels`).
             batch_size (`int`, *optional*):
                 Model batch size in series (channel-independent models count channels as series). Defaults to all at
                 once, which makes each forecast independent of how the input is chunked.
             labels (`Sequence[str]`, *optional*): a name per series for error messages (default `"series <i>"`).
+            mean (`np.ndarray` of shape `[series, channels]`, *optional*):
+                The scaling mean of each series and channel, used instead of the preprocessor's trained statistics
+                (e.g. [`~BalmTsfPreprocessor.statistics_for`] of each item). Give both `mean` and `std` or neither.
+            std (`np.ndarray` of shape `[series, channels]`, *optional*): the scaling standard deviation, positive.
 
         Returns:
             `np.ndarray` of shape `[series, prediction_length, channels]` (float64) in the units of `windows`.
@@ -263,9 +304,17 @@ class BalmTsfForecaster:
                 that the model rejects (the message says to load it in float32).
         """
         windows = np.asarray(windows, dtype=np.float64)
-        expected = (self.context_length, len(self.columns))
-        if windows.ndim != 3 or windows.shape[1:] != expected:
-            raise ValueError(f"`windows` must have shape [series, {expected[0]}, {expected[1]}], got {windows.shape}")
+        per_series = mean is not None or std is not None
+        channel_counts = {len(self.columns)}
+        if per_series and self.model.config.num_input_channels == 1:
+            channel_counts.add(1)
+        if windows.ndim != 3 or windows.shape[1] != self.context_length or windows.shape[2] not in channel_counts:
+            expected = " or ".join(str(count) for count in sorted(channel_counts, reverse=True))
+            raise ValueError(
+                f"`windows` must have shape [series, {self.context_length}, {expected}], got {windows.shape}"
+            )
+        if per_series:
+            mean, std = _series_statistics(mean, std, windows.shape[0], windows.shape[2])
         if batch_size is not None and (
             isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
         ):
@@ -276,7 +325,10 @@ class BalmTsfForecaster:
         if not dtype.is_floating_point:
             raise TypeError(f"the model's parameters are {dtype}; a floating dtype is needed (e.g. torch.float32)")
         series, length, channels = windows.shape
-        scaled_values = self.preprocessor.transform(windows)
+        if mean is None or std is None:
+            scaled_values = self.preprocessor.transform(windows)
+        else:
+            scaled_values = (windows - mean[:, None, :]) / std[:, None, :]
         scaled = (
             torch.as_tensor(scaled_values, dtype=torch.float32)
             if dtype == torch.float32
@@ -310,19 +362,22 @@ class BalmTsfForecaster:
         prediction = torch.cat(outputs)  # [rows x prediction_length x model channels]
         if folded:
             prediction = prediction.reshape(series, channels, self.prediction_length).permute(0, 2, 1)
-        result = np.asarray(self.preprocessor.inverse_transform(prediction.numpy()), dtype=np.float64)
+        if mean is None or std is None:
+            result = np.asarray(self.preprocessor.inverse_transform(prediction.numpy()), dtype=np.float64)
+        else:
+            result = prediction.numpy() * std[:, None, :] + mean[:, None, :]
         self._check_forecast(result, windows, labels)
         return result
 
     def _check_forecast(self, result: np.ndarray, windows: np.ndarray, labels: Sequence[str] | None) -> None:
-        """Raise naming the series and column of the first NaN or infinite forecast value."""
+        """Raise naming the series and column (unless one-channel windows) of the first NaN or infinite value."""
         bad = ~np.isfinite(result)
         if not bad.any():
             return
         index, step, column = (int(value) for value in np.argwhere(bad)[0])
         label = labels[index] if labels is not None else f"series {index}"
         kind = "NaN" if np.isnan(result[index, step, column]) else "infinite"
-        name = self.columns[column]
+        of_column = f" of column {self.columns[column]!r}" if windows.shape[2] == len(self.columns) else ""
         largest = float(np.abs(windows[index, :, column]).max())
         weights_finite = all(bool(torch.isfinite(parameter).all()) for parameter in self.model.parameters())
         cause = (
@@ -332,7 +387,7 @@ class BalmTsfForecaster:
             f"for the model in {self.dtype}"
         )
         raise ValueError(
-            f"{label}: the forecast of column {name!r} is {kind} (first at step {step + 1} of "
+            f"{label}: the forecast{of_column} is {kind} (first at step {step + 1} of "
             f"{self.prediction_length}); {cause}. No forecast is returned"
         )
 
@@ -420,6 +475,304 @@ class BalmTsfForecaster:
             f"`data` must be a DataFrame, a list of DataFrames or a numpy array, got {type(data).__name__}"
         )
 
+    def predict_df(
+        self,
+        df: pd.DataFrame,
+        id_column: str = "item_id",
+        timestamp_column: str = "timestamp",
+        target: str | Sequence[str] = "target",
+        quantile_levels: Sequence[float] | None = None,
+        batch_size: int | None = None,
+        freq: str | None = None,
+        date_format: str | None = None,
+        show_progress: bool | None = None,
+    ) -> pd.DataFrame:
+        r"""
+        Forecast every series of a long DataFrame (one row per series and time step), as Chronos-2's `predict_df`.
+
+        Each item's rows are its history: its scaling statistics come from
+        [`~BalmTsfPreprocessor.statistics_for`] (the trained column statistics for a preprocessor with
+        `scaling="global"`; an unknown item of a `scaling="per_series"` preprocessor is scaled by the statistics of
+        all its given rows), and the model reads its last `context_length` rows. A channel-independent model
+        (`num_input_channels=1`, the usual case) forecasts each (item, target column) as one univariate series; a
+        multichannel model forecasts an item's target columns together, so they must be exactly the model's
+        `columns`. Nixtla's layout works through the same arguments:
+        `predict_df(df, id_column="unique_id", timestamp_column="ds", target="y")`.
+
+        Series are forecast in chunks of `batch_size` series, one model call each, so memory stays bounded for any
+        number of series. A series' forecast depends only on the series in its chunk: for a model whose prompts use
+        an attention mask (`prompt_attention_mask=True`, the fast mode and the default experiment) it is the same in
+        any chunk up to floating-point rounding of the batched matrix products; in paper mode the prompts of a chunk
+        are padded together without a mask, so another `batch_size` (or other series in the frame) can change a
+        forecast slightly. The same frame with the same `batch_size` always gives the same forecasts.
+
+        Args:
+            df (`pd.DataFrame`):
+                The long layout: `id_column`, `timestamp_column` and the `target` column(s); other columns are
+                ignored. Items may have different lengths and start times, and their rows may be interleaved; each
+                item's rows must be in strictly increasing time order.
+            id_column (`str`, *optional*, defaults to `"item_id"`): the column naming each item.
+            timestamp_column (`str`, *optional*, defaults to `"timestamp"`): the timestamp column.
+            target (`str` or `Sequence[str]`, *optional*, defaults to `"target"`): the column(s) to forecast, each one
+                of the preprocessor's `columns`.
+            quantile_levels (`Sequence[float]`, *optional*):
+                Levels in `(0, 1)` of the quantile columns to add, e.g. `[0.1, 0.5, 0.9]`. Needs the checkpoint's
+                split-conformal calibration ([`calibration`]): a quantile is the point forecast plus the calibrated
+                offset of its level, horizon step and channel times the series' scaling standard deviation.
+            batch_size (`int`, *optional*, defaults to 1024):
+                Series per model call (items for a multichannel model).
+            freq (`str`, *optional*):
+                Frequency of the future timestamps of every item (a pandas alias such as `"h"`). Defaults to each
+                item's own frequency, inferred from its timestamps (an irregular item is then an error naming it).
+            date_format (`str`, *optional*):
+                `strftime` format of text timestamps; defaults to the format recorded at training, else the one the
+                parser finds from the first item (see [`~balm_hf.data.parse_timestamps`]). One format reads every row.
+            show_progress (`bool`, *optional*):
+                Show a progress bar over the series. `None`: shown when there is more than one chunk and standard
+                error is a terminal or this package logs at DEBUG (`balm-tsf --verbose`).
+
+        Returns:
+            `pd.DataFrame`: `prediction_length` rows per item and target, items in order of first appearance and
+            targets in the given order, with the columns `id_column`, `timestamp_column`, `"target_name"`,
+            `"predictions"` (the model's point forecast, in the data's units), then one column per quantile level
+            named `str(level)` (e.g. `"0.1"`), in the given order.
+
+        Raises:
+            `ValueError`: missing columns (named), an empty id, a target the model does not know, an item with fewer
+                than `context_length` rows (named, with the rows needed), NaN or infinite values in the rows the
+                model reads (item, column and row named), unparsable, unsorted or irregular timestamps (item named),
+                a forecast or quantile that is not finite, or quantile levels outside the calibrated range.
+            [`~balm_hf.calibration.MissingCalibrationError`]: `quantile_levels` for a checkpoint without a
+                calibration (the message gives the `balm-tsf calibrate` command that adds one).
+        """
+        if not isinstance(df, pd.DataFrame):
+            raise TypeError(f"`df` must be a DataFrame in the long layout, got {type(df).__name__}")
+        targets = self._long_targets(target)
+        levels = [] if quantile_levels is None else self._check_quantile_levels(quantile_levels, targets)
+        chunk = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+            raise ValueError(f"`batch_size` must be a positive integer or None, got {batch_size!r}")
+        needed = [id_column, timestamp_column, *targets]
+        missing = [column for column in dict.fromkeys(needed) if column not in df.columns]
+        if missing:
+            raise ValueError(
+                f"the input lacks the columns {missing} (`id_column`={id_column!r}, `timestamp_column`="
+                f"{timestamp_column!r}, `target`={targets}); its columns are {list(df.columns)}"
+            )
+        if len({id_column, timestamp_column, *targets}) != len(needed):
+            raise ValueError(f"`id_column`, `timestamp_column` and `target` must be different columns, got {needed}")
+        if df.empty:
+            raise ValueError("the input has no rows")
+        _check_ids(df[id_column], id_column)
+        codes, uniques = pd.factorize(df[id_column], sort=False)
+        order = np.argsort(codes, kind="stable")
+        rows_per_item = np.bincount(codes, minlength=len(uniques))
+        positions = np.split(order, np.cumsum(rows_per_item)[:-1])  # each item's rows, in input order
+        names = [f"item {key!r}" for key in _python_values(uniques)]
+        dates = self._long_dates(df[timestamp_column], positions[0], names[0], timestamp_column, date_format)
+        values = np.column_stack([_numeric_column(df[column], column) for column in targets])
+        model_order = (
+            [targets.index(column) for column in self.columns] if self.model.config.num_input_channels > 1 else None
+        )
+
+        short = [index for index, count in enumerate(rows_per_item) if count < self.context_length]
+        if short:
+            listed = ", ".join(f"{names[index]} ({rows_per_item[index]} rows)" for index in short[:5])
+            more = f" and {len(short) - 5} more" if len(short) > 5 else ""
+            raise ValueError(
+                f"{len(short)} of {len(uniques)} items are shorter than the model's context_length="
+                f"{self.context_length} rows (it reads the last {self.context_length} rows of each item): {listed}"
+                f"{more}; give them more history or leave them out"
+            )
+        tails = np.stack([rows[-self.context_length :] for rows in positions])  # [items x context_length]
+        means = np.empty((len(uniques), len(targets)), dtype=np.float64)
+        stds = np.empty_like(means)
+        futures: list[pd.DatetimeIndex] = []
+        other_frequencies: set[str] = set()
+        for index, (key, rows, name) in enumerate(zip(_python_values(uniques), positions, names, strict=True)):
+            item_dates = dates[rows]
+            check_increasing(item_dates, name, timestamp_column)
+            read = values[tails[index]]
+            bad = ~np.isfinite(read)
+            if bad.any():
+                row, column = (int(value) for value in np.argwhere(bad)[0])
+                kind = "NaN" if np.isnan(read[row, column]) else "infinite"
+                raise ValueError(
+                    f"{name}: {kind} value in column {targets[column]!r} at row {int(tails[index][row])} of the input "
+                    f"(row {len(rows) - self.context_length + row} of the item); the last {self.context_length} rows "
+                    "of each item are read by the model and must be complete (fill or drop missing values first)"
+                )
+            means[index], stds[index] = self.preprocessor.statistics_for(str(key), targets, values[rows])
+            future, frequency = self._future_dates(item_dates, freq, name)
+            futures.append(future)
+            if freq is None and self.preprocessor.frequency not in (None, frequency):
+                other_frequencies.add(frequency)
+        if other_frequencies:
+            logger.warning(
+                "items of the input are sampled every %s but the model was trained on data sampled every %r",
+                " or ".join(repr(frequency) for frequency in sorted(other_frequencies)),
+                self.preprocessor.frequency,
+            )
+        _check_statistics(means, stds, names, targets)
+
+        points = self._forecast_long(values, tails, means, stds, names, targets, model_order, chunk, show_progress)
+        return self._long_frame(uniques, futures, points, stds, targets, levels, names, id_column, timestamp_column)
+
+    def _long_targets(self, target: str | Sequence[str]) -> list[str]:
+        """The target columns as a list: known to the model, no repeats, all of the model's for a multichannel one."""
+        targets = [target] if isinstance(target, str) else list(target)
+        if not targets or not all(isinstance(column, str) for column in targets):
+            raise ValueError(f"`target` must be a column name or a non-empty list of column names, got {target!r}")
+        repeated = sorted({column for column in targets if targets.count(column) > 1})
+        if repeated:
+            raise ValueError(f"`target` names the columns {repeated} more than once")
+        unknown = [column for column in targets if column not in self.columns]
+        if unknown:
+            raise ValueError(
+                f"the model does not know the target columns {unknown}: it was trained on {self.columns} (rename the "
+                "column, or pass `target=` with the model's name for it)"
+            )
+        if self.model.config.num_input_channels > 1 and sorted(targets) != sorted(self.columns):
+            raise ValueError(
+                f"the model forecasts its {len(self.columns)} channels together (num_input_channels="
+                f"{self.model.config.num_input_channels}): `target` must be exactly {self.columns} (any order), got "
+                f"{targets}"
+            )
+        return targets
+
+    def _check_quantile_levels(self, quantile_levels: Sequence[float], targets: list[str]) -> list[float]:
+        if isinstance(quantile_levels, (str, bytes)) or not isinstance(quantile_levels, Sequence):
+            raise TypeError(f"`quantile_levels` must be a list of numbers, got {quantile_levels!r}")
+        levels = [float(level) for level in quantile_levels]
+        if not levels:
+            raise ValueError("`quantile_levels` is empty; pass None for point forecasts only")
+        bad = [level for level in levels if not 0.0 < level < 1.0]
+        if bad:
+            raise ValueError(f"`quantile_levels` must lie strictly between 0 and 1, got {bad}")
+        if len(set(levels)) != len(levels):
+            raise ValueError(f"`quantile_levels` repeats a level: {levels}")
+        if self.calibration is None:
+            raise MissingCalibrationError(_missing_message(self._folder_name()))
+        self.calibration.offsets_for(levels)  # a level outside the calibrated range is an error before any work
+        return levels
+
+    def _folder_name(self) -> str:
+        """The folder or Hub id the model was loaded from (`FOLDER` for a model built in memory)."""
+        return str(getattr(self.model, "name_or_path", "") or "FOLDER")
+
+    def _long_dates(
+        self,
+        raw: pd.Series,
+        first_rows: np.ndarray,
+        first_name: str,
+        timestamp_column: str,
+        date_format: str | None,
+    ) -> pd.DatetimeIndex:
+        """Every row's timestamp, read with one format: the given one, the recorded one, else the first item's."""
+        column = raw.reset_index(drop=True)
+        is_datetime = isinstance(column.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(column.dtype)
+        if date_format is None and self.preprocessor.date_format is None and not is_datetime:
+            # The whole column is not ordered (each item restarts), so the format is found from the first item alone.
+            _, date_format = parse_timestamps(
+                column.iloc[first_rows], utc=self.preprocessor.utc, label=first_name, date_column=timestamp_column
+            )
+        return self._parse_dates(column, timestamp_column, "input", date_format, check_order=False)
+
+    def _future_dates(self, dates: pd.DatetimeIndex, freq: str | None, label: str) -> tuple[pd.DatetimeIndex, str]:
+        """The `prediction_length` timestamps after `dates`, at `freq` or the frequency of `dates`."""
+        frequency, source = freq, "`freq`"
+        if frequency is None:
+            frequency, source = infer_frequency(dates), "the input's timestamps"
+        if frequency is None:
+            raise ValueError(f"{label}: {_describe_irregular(dates)}; pass `freq=` (e.g. 'h' or '15min')")
+        try:
+            future = pd.date_range(start=dates[-1], periods=self.prediction_length + 1, freq=frequency)[1:]
+        except ValueError as error:
+            raise ValueError(f"{label}: invalid frequency {frequency!r} from {source}: {error}") from error
+        return future, frequency
+
+    def _forecast_long(
+        self,
+        values: np.ndarray,
+        tails: np.ndarray,
+        means: np.ndarray,
+        stds: np.ndarray,
+        names: list[str],
+        targets: list[str],
+        model_order: list[int] | None,
+        chunk: int,
+        show_progress: bool | None,
+    ) -> np.ndarray:
+        """Point forecasts `[items, targets, prediction_length]`, `chunk` series per model call."""
+        items = len(tails)
+        points = np.empty((items, len(targets), self.prediction_length), dtype=np.float64)
+        if model_order is None:  # one univariate series per (item, target), item-major
+            series = [(item, column) for item in range(items) for column in range(len(targets))]
+        else:  # one multichannel series per item, channels in model order
+            series = [(item, -1) for item in range(items)]
+        chunks = range(0, len(series), chunk)
+        bar = tqdm(
+            total=len(series),
+            unit="series",
+            desc="forecast",
+            disable=not progress_enabled(show_progress, len(chunks)),
+        )
+        with bar:
+            for start in chunks:
+                part = series[start : start + chunk]
+                item_index = np.array([item for item, _ in part])
+                if model_order is None:
+                    column_index = np.array([column for _, column in part])
+                    windows = values[tails[item_index], column_index[:, None]][..., None]
+                    mean = means[item_index, column_index][:, None]
+                    std = stds[item_index, column_index][:, None]
+                    labels = [f"{names[item]}, column {targets[column]!r}" for item, column in part]
+                    forecasts = self.forecast_windows(windows, labels=labels, mean=mean, std=std)
+                    points[item_index, column_index] = forecasts[..., 0]
+                else:
+                    windows = values[tails[item_index]][..., model_order]
+                    mean, std = means[item_index][:, model_order], stds[item_index][:, model_order]
+                    labels = [names[item] for item in item_index]
+                    forecasts = self.forecast_windows(windows, labels=labels, mean=mean, std=std)
+                    back = [model_order.index(column) for column in range(len(targets))]
+                    points[item_index] = forecasts[..., back].transpose(0, 2, 1)
+                bar.update(len(part))
+        return points
+
+    def _long_frame(
+        self,
+        uniques: Any,
+        futures: list[pd.DatetimeIndex],
+        points: np.ndarray,
+        stds: np.ndarray,
+        targets: list[str],
+        levels: list[float],
+        names: list[str],
+        id_column: str,
+        timestamp_column: str,
+    ) -> pd.DataFrame:
+        """The long output: rows item-major, then target, then step; quantile columns checked finite and ordered."""
+        items, horizon = len(futures), self.prediction_length
+        item_of_row = np.repeat(np.arange(items), len(targets) * horizon)
+        step_of_row = np.tile(np.arange(horizon), items * len(targets))
+        all_future = futures[0].append(futures[1:]) if items > 1 else futures[0]
+        columns: dict[str, Any] = {
+            id_column: pd.Index(uniques).take(item_of_row),
+            timestamp_column: all_future.take(item_of_row * horizon + step_of_row),
+            "target_name": np.tile(np.repeat(np.asarray(targets, dtype=object), horizon), items),
+            "predictions": points.reshape(-1),
+        }
+        if levels:
+            assert self.calibration is not None
+            channel = [self.calibration.columns.index(column) for column in targets]
+            offsets = self.calibration.offsets_for(levels)[:, :, channel]  # [levels x horizon x targets]
+            # [items x targets x levels x horizon]
+            quantiles = points[:, :, None, :] + offsets.transpose(2, 0, 1)[None] * stds[:, :, None, None]
+            _check_quantiles(quantiles, levels, names, targets)
+            for index, level in enumerate(levels):
+                columns[str(level)] = quantiles[:, :, index, :].reshape(-1)
+        return pd.DataFrame(columns)
+
     def _predict_frames(
         self,
         frames: list[pd.DataFrame],
@@ -450,14 +803,7 @@ class BalmTsfForecaster:
     ) -> pd.DataFrame:
         if id_column not in data.columns:
             raise ValueError(f"`id_column` {id_column!r} is not a column of the input (columns: {list(data.columns)})")
-        empty = data[id_column].isna().to_numpy()
-        if empty.any():
-            rows = np.flatnonzero(empty)
-            shown = ", ".join(str(int(row)) for row in rows[:10]) + (", ..." if len(rows) > 10 else "")
-            raise ValueError(
-                f"`id_column` {id_column!r} is empty (NaN) in {len(rows)} rows of the input (rows {shown}, counted "
-                "from 0); every row must name its series: fill or drop these rows"
-            )
+        _check_ids(data[id_column], id_column)
         groups = [(key, group) for key, group in data.groupby(id_column, sort=False, dropna=False)]
         labels = [f"series {id_column}={key!r}" for key, _ in groups]
         frames = self._predict_frames(
@@ -545,6 +891,107 @@ def _load_preprocessor(source: str | os.PathLike) -> BalmTsfPreprocessor:
         ) from error
 
 
+def _load_calibration(source: str, local: Path, hub_kwargs: dict[str, Any]) -> ConformalCalibration | None:
+    """The checkpoint's conformal calibration, or None when it has none."""
+    if local.is_dir():
+        path = local / hub_kwargs.get("subfolder", "") / CALIBRATION_FILE
+        return ConformalCalibration.from_file(path) if path.is_file() else None
+    try:
+        return ConformalCalibration.from_pretrained(source, **hub_kwargs)
+    except MissingCalibrationError:
+        return None
+
+
+def progress_enabled(show_progress: bool | None, num_chunks: int) -> bool:
+    """
+    Whether `predict_df` shows its progress bar: as asked, else when there is more than one chunk and standard error
+    is a terminal or this package logs at DEBUG (`balm-tsf --verbose`).
+    """
+    if show_progress is not None:
+        return bool(show_progress)
+    if num_chunks < 2:
+        return False
+    interactive = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+    return interactive or logging.getLogger("balm_hf").isEnabledFor(logging.DEBUG)
+
+
+def _check_ids(ids: pd.Series, id_column: str) -> None:
+    """Raise naming the rows (positions) whose series id is empty."""
+    empty = ids.isna().to_numpy()
+    if empty.any():
+        rows = np.flatnonzero(empty)
+        shown = ", ".join(str(int(row)) for row in rows[:10]) + (", ..." if len(rows) > 10 else "")
+        raise ValueError(
+            f"`id_column` {id_column!r} is empty (NaN) in {len(rows)} rows of the input (rows {shown}, counted "
+            "from 0); every row must name its series: fill or drop these rows"
+        )
+
+
+def _python_values(values: Any) -> list[Any]:
+    """Plain Python scalars (so that an id prints as `3`, not `np.int64(3)`)."""
+    return values.tolist() if hasattr(values, "tolist") else list(values)
+
+
+def _numeric_column(column: pd.Series, name: str) -> np.ndarray:
+    """A column as float64; text that is not a number is an error naming the first such row and value."""
+    converted = pd.to_numeric(column, errors="coerce")
+    bad = (converted.isna() & column.notna()).to_numpy()
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"column {name!r} holds non-numeric values: row {row} of the input is {column.iloc[row]!r}")
+    return converted.to_numpy(dtype=np.float64)
+
+
+def _series_statistics(
+    mean: np.ndarray | None, std: np.ndarray | None, series: int, channels: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-series scaling statistics as float64 `[series, channels]`; std finite and positive."""
+    if mean is None or std is None:
+        raise ValueError("give both `mean` and `std` (per-series scaling) or neither (the preprocessor's)")
+    arrays = []
+    for name, value in (("mean", mean), ("std", std)):
+        array = np.asarray(value, dtype=np.float64)
+        if array.shape != (series, channels):
+            raise ValueError(f"`{name}` must have shape [series={series}, channels={channels}], got {array.shape}")
+        arrays.append(array)
+    if not np.isfinite(arrays[0]).all():
+        raise ValueError("`mean` holds NaN or infinite values")
+    if not (np.isfinite(arrays[1]).all() and (arrays[1] > 0).all()):
+        raise ValueError("`std` must be finite and positive")
+    return arrays[0], arrays[1]
+
+
+def _check_statistics(means: np.ndarray, stds: np.ndarray, names: list[str], targets: list[str]) -> None:
+    """Raise naming the item and column of scaling statistics that cannot scale (NaN, infinite, std <= 0)."""
+    bad = ~np.isfinite(means) | ~np.isfinite(stds) | ~(stds > 0)
+    if bad.any():
+        item, column = (int(value) for value in np.argwhere(bad)[0])
+        raise ValueError(
+            f"{names[item]}: the scaling statistics of column {targets[column]!r} are mean={means[item, column]!r}, "
+            f"std={stds[item, column]!r}; a series needs a finite mean and a positive std"
+        )
+
+
+def _check_quantiles(quantiles: np.ndarray, levels: list[float], names: list[str], targets: list[str]) -> None:
+    """Quantiles `[items, targets, levels, horizon]` must be finite and non-decreasing in the level."""
+    bad = ~np.isfinite(quantiles)
+    if bad.any():
+        item, column, level, step = (int(value) for value in np.argwhere(bad)[0])
+        raise ValueError(
+            f"{names[item]}, column {targets[column]!r}: the {levels[level]} quantile is not finite at step "
+            f"{step + 1}; no forecast is returned"
+        )
+    order = np.argsort(levels, kind="stable")
+    crossing = np.diff(quantiles[:, :, order, :], axis=2) < 0
+    if crossing.any():
+        item, column, level, step = (int(value) for value in np.argwhere(crossing)[0])
+        low, high = levels[order[level]], levels[order[level + 1]]
+        raise ValueError(
+            f"{names[item]}, column {targets[column]!r}: the {low} quantile exceeds the {high} quantile at step "
+            f"{step + 1}; the calibration's offsets are not ordered by level"
+        )
+
+
 def _is_hub_id(name: str) -> bool:
     """Whether `name` has the form of a Hub repository id (`name` or `owner/name`)."""
     try:
@@ -586,6 +1033,7 @@ def forecast(
     data: pd.DataFrame | np.ndarray | Sequence[pd.DataFrame],
     preprocessor: BalmTsfPreprocessor | str | os.PathLike | None = None,
     device: str | torch.device | None = None,
+    format: str = "wide",
     **predict_kwargs: Any,
 ) -> pd.DataFrame | list[pd.DataFrame]:
     r"""
@@ -595,16 +1043,22 @@ def forecast(
         model_or_path (`str`, `os.PathLike`, [`BalmTsfForForecasting`] or [`BalmTsfForecaster`]):
             A trained folder or Hub id (model, tokenizer and `preprocessor_config.json`), a loaded model (then pass
             `preprocessor`), or a ready forecaster.
-        data: see [`BalmTsfForecaster.predict`].
+        data: see [`BalmTsfForecaster.predict`] (`format="wide"`) or [`BalmTsfForecaster.predict_df`]
+            (`format="long"`).
         preprocessor ([`BalmTsfPreprocessor`], `str` or `os.PathLike`, *optional*):
             The fitted scaler (or a folder/Hub id holding it); required with a model object, and overrides the
             checkpoint's own otherwise.
         device (`str` or `torch.device`, *optional*): where to run the model.
-        predict_kwargs: `date_column`, `freq`, `id_column`, `last_timestamp`, `batch_size` (see
-            [`BalmTsfForecaster.predict`]).
+        format (`str`, *optional*, defaults to `"wide"`):
+            `"wide"`: one column per channel, see [`BalmTsfForecaster.predict`]. `"long"`: one row per series and time
+            step in and out (Chronos-2's and Nixtla's layout), see [`BalmTsfForecaster.predict_df`].
+        predict_kwargs: for `"wide"`, `date_column`, `freq`, `id_column`, `last_timestamp`, `batch_size`,
+            `date_format` (see [`BalmTsfForecaster.predict`]); for `"long"`, `id_column`, `timestamp_column`,
+            `target`, `quantile_levels`, `batch_size`, `freq`, `date_format`, `show_progress` (see
+            [`BalmTsfForecaster.predict_df`]).
 
     Returns:
-        The forecast DataFrame (or list of DataFrames for a batch), see [`BalmTsfForecaster.predict`].
+        The forecast DataFrame (or list of DataFrames for a wide batch).
 
     Example:
 
@@ -613,20 +1067,29 @@ def forecast(
     >>> import balm_hf
     >>> history = pd.read_csv("ETTh1.csv")  # doctest: +SKIP
     >>> balm_hf.forecast("runs/etth1_96", history).head()  # doctest: +SKIP
+    >>> long = history.melt(id_vars="date", var_name="item_id", value_name="target")  # doctest: +SKIP
+    >>> balm_hf.forecast("runs/etth1_96", long, format="long", timestamp_column="date").head()  # doctest: +SKIP
     ```
     """
+    if format not in FORMATS:
+        raise ValueError(f"`format` must be one of {FORMATS}, got {format!r}")
     if isinstance(preprocessor, (str, os.PathLike)):
         preprocessor = _load_preprocessor(preprocessor)
     if isinstance(model_or_path, BalmTsfForecaster):
         forecaster = model_or_path
         if preprocessor is not None or device is not None:
             forecaster = BalmTsfForecaster(
-                forecaster.model, preprocessor or forecaster.preprocessor, device=device or forecaster.device
+                forecaster.model,
+                preprocessor or forecaster.preprocessor,
+                device=device or forecaster.device,
+                calibration=forecaster.calibration,
             )
     elif isinstance(model_or_path, (str, os.PathLike)):
         forecaster = BalmTsfForecaster.from_pretrained(model_or_path, device=device)
         if preprocessor is not None:
-            forecaster = BalmTsfForecaster(forecaster.model, preprocessor, device=forecaster.device)
+            forecaster = BalmTsfForecaster(
+                forecaster.model, preprocessor, device=forecaster.device, calibration=forecaster.calibration
+            )
     elif isinstance(model_or_path, torch.nn.Module):
         if preprocessor is None:
             raise ValueError(
@@ -639,6 +1102,10 @@ def forecast(
             "`model_or_path` must be a folder, a Hub id, a BalmTsfForForecasting or a BalmTsfForecaster, got "
             f"{type(model_or_path).__name__}"
         )
+    if format == "long":
+        if not isinstance(data, pd.DataFrame):
+            raise TypeError(f'format="long" takes one DataFrame in the long layout, got {type(data).__name__}')
+        return forecaster.predict_df(data, **predict_kwargs)
     return forecaster.predict(data, **predict_kwargs)
 
 
@@ -650,23 +1117,34 @@ def plot_forecast(
     date_column: str = "date",
     history_steps: int | None = None,
     date_format: str | None = None,
+    item_id: Any = None,
+    model_name: str | None = None,
+    title: str | None = None,
 ) -> Path:
     r"""
-    Write a PNG with one panel per channel: the end of the history and the forecast that follows it.
+    Write a PNG with one panel per channel: the end of the history, the forecast that follows it and, for a long
+    forecast with quantile columns, the interval between the lowest and the highest level (and the median line when
+    the 0.5 level is there), under a title naming the model, the horizon and the series.
 
     Needs matplotlib (`pip install "balm-tsf[plot]"`); it is imported only here, and no global pyplot state is touched.
 
     Args:
-        history (`pd.DataFrame`): the input series (timestamp column or `DatetimeIndex`, plus the channels).
-        forecast (`pd.DataFrame`): the output of [`forecast`] / [`BalmTsfForecaster.predict`] for that series.
+        history (`pd.DataFrame`): the input series: the wide layout (timestamp column or `DatetimeIndex`, plus the
+            channels) or the long layout given to [`BalmTsfForecaster.predict_df`].
+        forecast (`pd.DataFrame`): the output of [`forecast`], [`BalmTsfForecaster.predict`] or
+            [`BalmTsfForecaster.predict_df`] for that history.
         path (`str` or `os.PathLike`): the PNG file to write (parent folders are created).
-        columns (`Sequence[str]`, *optional*): the channels to draw; defaults to every channel of `forecast`.
-        date_column (`str`, *optional*, defaults to `"date"`): the timestamp column of both frames (`step` is used
-            for a forecast made from an array).
+        columns (`Sequence[str]`, *optional*): the channels (wide) or targets (long) to draw; default every one.
+        date_column (`str`, *optional*, defaults to `"date"`): the timestamp column of both wide frames (`step` is
+            used for a forecast made from an array). A long forecast names its own: its second column.
         history_steps (`int`, *optional*): how many trailing history rows to draw; defaults to four times the forecast
             length.
         date_format (`str`, *optional*): `strftime` format of text timestamps in both frames; by default found as the
             loader does (see [`~balm_hf.data.parse_timestamps`]), so day-first dates are drawn day-first.
+        item_id (*optional*): for a long forecast of several items, the item to draw (compared as written, or as
+            text); not needed when it holds one item.
+        model_name (`str`, *optional*): the model named in the title (e.g. its folder or Hub id).
+        title (`str`, *optional*): a title to use instead of the default one.
 
     Returns:
         `Path`: the written file.
@@ -680,6 +1158,69 @@ def plot_forecast(
     for name, frame in (("history", history), ("forecast", forecast)):
         if not isinstance(frame, pd.DataFrame):
             raise TypeError(f"`{name}` must be a DataFrame, got {type(frame).__name__}")
+    if history_steps is not None and (
+        isinstance(history_steps, bool) or not isinstance(history_steps, int) or history_steps < 1
+    ):
+        raise ValueError(f"`history_steps` must be a positive integer, got {history_steps!r}")
+    if {"target_name", "predictions"} <= set(forecast.columns):
+        panels, axis_column, series = _long_panels(history, forecast, columns, history_steps, date_format, item_id)
+    else:
+        panels, axis_column, series = _wide_panels(history, forecast, columns, date_column, history_steps, date_format)
+    horizon = len(panels[0].future_x)
+
+    figure = Figure(figsize=(10, 0.6 + 2.2 * len(panels)), layout="constrained")
+    axes = figure.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+    for axis, panel in zip(axes, panels, strict=True):
+        axis.plot(panel.history_x, panel.history_y, color="tab:blue", label="history")
+        if panel.band is not None:
+            (low, low_values), (high, high_values) = panel.band
+            axis.fill_between(
+                panel.future_x,
+                low_values,
+                high_values,
+                color="tab:orange",
+                alpha=0.25,
+                linewidth=0,
+                label=f"{low:g} to {high:g} quantiles",
+            )
+        axis.plot(panel.future_x, panel.forecast_y, color="tab:orange", label="forecast")
+        if panel.median is not None:
+            axis.plot(panel.future_x, panel.median, color="tab:red", linestyle="--", linewidth=1, label="median")
+        first = panel.future_x.iloc[0] if hasattr(panel.future_x, "iloc") else panel.future_x[0]
+        axis.axvline(first, color="grey", linewidth=0.8)
+        axis.set_ylabel(panel.name)
+    axes[0].legend(loc="upper left")
+    axes[-1].set_xlabel(axis_column)
+    figure.suptitle(title if title is not None else forecast_title(model_name, horizon, series))
+    output = Path(path)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(output, format="png", dpi=100)
+    return output
+
+
+def forecast_title(model_name: str | None, horizon: int, series: str) -> str:
+    """The default title of [`plot_forecast`]: the model, the horizon and the series."""
+    return f"{model_name or 'BALM-TSF'}: {horizon}-step forecast of {series}"
+
+
+class _Panel(NamedTuple):
+    name: str
+    history_x: Any
+    history_y: np.ndarray
+    future_x: Any
+    forecast_y: np.ndarray
+    band: tuple[tuple[float, np.ndarray], tuple[float, np.ndarray]] | None = None
+    median: np.ndarray | None = None
+
+
+def _wide_panels(
+    history: pd.DataFrame,
+    forecast: pd.DataFrame,
+    columns: Sequence[str] | None,
+    date_column: str,
+    history_steps: int | None,
+    date_format: str | None,
+) -> tuple[list[_Panel], str, str]:
     if SERIES_ID_COLUMN in forecast.columns:
         raise ValueError(f"`forecast` holds several series ({SERIES_ID_COLUMN!r}); plot them one at a time")
     axis_column = date_column if date_column in forecast.columns else STEP_COLUMN
@@ -693,12 +1234,9 @@ def plot_forecast(
         raise ValueError(f"the columns {missing} are not in both `history` and `forecast`")
     if not columns:
         raise ValueError("no channel to plot")
-    steps = history_steps if history_steps is not None else 4 * len(forecast)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"`history_steps` must be a positive integer, got {history_steps!r}")
-    tail = history.iloc[-steps:]
+    tail = history.iloc[-(history_steps or 4 * len(forecast)) :]
     if axis_column == STEP_COLUMN:
-        history_x = np.arange(-len(tail) + 1, 1)
+        history_x: Any = np.arange(-len(tail) + 1, 1)
     elif date_column in history.columns:
         history_dates, _ = parse_timestamps(
             history[date_column], date_format, label="history", date_column=date_column
@@ -713,20 +1251,95 @@ def plot_forecast(
         if axis_column == STEP_COLUMN
         else parse_timestamps(forecast[axis_column], date_format, label="forecast", date_column=axis_column)[0]
     )
+    panels = [
+        _Panel(column, history_x, tail[column].to_numpy(), future_x, forecast[column].to_numpy()) for column in columns
+    ]
+    series = ", ".join(columns) if len(columns) <= 3 else f"{len(columns)} channels"
+    return panels, axis_column, series
 
-    figure = Figure(figsize=(10, 2.2 * len(columns)), layout="constrained")
-    axes = figure.subplots(len(columns), 1, sharex=True, squeeze=False)[:, 0]
-    for axis, column in zip(axes, columns, strict=True):
-        axis.plot(history_x, tail[column].to_numpy(), color="tab:blue", label="history")
-        axis.plot(future_x, forecast[column].to_numpy(), color="tab:orange", label="forecast")
-        axis.axvline(future_x.iloc[0] if hasattr(future_x, "iloc") else future_x[0], color="grey", linewidth=0.8)
-        axis.set_ylabel(column)
-    axes[0].legend(loc="upper left")
-    axes[-1].set_xlabel(axis_column)
-    output = Path(path)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(output, format="png", dpi=100)
-    return output
+
+def _long_panels(
+    history: pd.DataFrame,
+    forecast: pd.DataFrame,
+    columns: Sequence[str] | None,
+    history_steps: int | None,
+    date_format: str | None,
+    item_id: Any,
+) -> tuple[list[_Panel], str, str]:
+    """The panels of one item of a long forecast (columns: id, timestamp, "target_name", "predictions", ...)."""
+    id_column, time_column = str(forecast.columns[0]), str(forecast.columns[1])
+    for name, frame in (("history", history), ("forecast", forecast)):
+        absent = [column for column in (id_column, time_column) if column not in frame.columns]
+        if absent:
+            raise ValueError(f"`{name}` lacks the columns {absent} of the long layout")
+    items = pd.unique(forecast[id_column])
+    if item_id is None:
+        if len(items) != 1:
+            shown = ", ".join(repr(item) for item in _python_values(items[:5])) + (", ..." if len(items) > 5 else "")
+            raise ValueError(f"`forecast` holds {len(items)} items ({shown}); choose one with `item_id=`")
+        item_id = _python_values(items)[0]
+    rows = _item_rows(forecast[id_column], item_id)
+    if not rows.any():
+        raise ValueError(f"`forecast` has no item {item_id!r} in its {id_column!r} column")
+    item_forecast = forecast[rows]
+    item_history = history[_item_rows(history[id_column], item_id)]
+    if item_history.empty:
+        raise ValueError(f"`history` has no item {item_id!r} in its {id_column!r} column")
+    targets = list(pd.unique(item_forecast["target_name"])) if columns is None else list(columns)
+    missing = [
+        column
+        for column in targets
+        if column not in history.columns or not (item_forecast["target_name"] == column).any()
+    ]
+    if missing:
+        raise ValueError(f"the targets {missing} are not in both `history` and the forecast of item {item_id!r}")
+    levels = sorted(_quantile_columns(forecast), key=lambda pair: pair[0])
+    history_dates, _ = parse_timestamps(
+        item_history[time_column], date_format, label="history", date_column=time_column
+    )
+    panels = []
+    for target in targets:
+        rows_of_target = item_forecast[item_forecast["target_name"] == target]
+        steps = history_steps or 4 * len(rows_of_target)
+        future_x = parse_timestamps(
+            rows_of_target[time_column], date_format, label="forecast", date_column=time_column
+        )[0]
+        band = None
+        if len(levels) >= 2:
+            (low, low_name), (high, high_name) = levels[0], levels[-1]
+            band = ((low, rows_of_target[low_name].to_numpy()), (high, rows_of_target[high_name].to_numpy()))
+        median = next((rows_of_target[name].to_numpy() for level, name in levels if level == 0.5), None)
+        panels.append(
+            _Panel(
+                str(target),
+                history_dates[-steps:],
+                item_history[target].to_numpy()[-steps:],
+                future_x,
+                rows_of_target["predictions"].to_numpy(),
+                band,
+                median,
+            )
+        )
+    return panels, time_column, f"{id_column} {item_id!r}"
+
+
+def _item_rows(ids: pd.Series, item_id: Any) -> np.ndarray:
+    """Rows whose id equals `item_id`, or, when none does, whose id written as text equals it (ids from a CLI)."""
+    rows = (ids == item_id).to_numpy()
+    return rows if rows.any() else (ids.astype(str) == str(item_id)).to_numpy()
+
+
+def _quantile_columns(forecast: pd.DataFrame) -> list[tuple[float, str]]:
+    """The quantile columns of a long forecast (those after `predictions` named by a level in (0, 1))."""
+    found = []
+    for name in forecast.columns[list(forecast.columns).index("predictions") + 1 :]:
+        try:
+            level = float(name)
+        except (TypeError, ValueError):
+            continue
+        if 0.0 < level < 1.0:
+            found.append((level, name))
+    return found
 
 
 __all__ = ["BalmTsfForecaster", "forecast", "plot_forecast"]

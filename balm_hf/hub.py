@@ -179,7 +179,13 @@ def _eval_results(rows: list[dict[str, Any]]) -> list[EvalResult]:
     return results
 
 
-def _limitations(config: BalmTsfConfig, backbone: str, dataset_name: str | None, folded: bool) -> list[str]:
+def _limitations(
+    config: BalmTsfConfig,
+    backbone: str,
+    dataset_name: str | None,
+    folded: bool,
+    fine_tuned_from: dict[str, Any] | None = None,
+) -> list[str]:
     items = []
     if config.text_branch == "no_llm":
         items.append(
@@ -213,18 +219,79 @@ def _limitations(config: BalmTsfConfig, backbone: str, dataset_name: str | None,
         + (", and every channel is forecast on its own (no cross-channel information)." if folded else ".")
     )
     items.append(
-        f"Trained on {dataset_name or 'one dataset'} only, with its scaler; accuracy on other series is untested. The "
-        "training data and the backbone come with their own licenses: check them before reuse."
+        f"{trained_on}; accuracy on other series is untested. The training data and the backbone come with their own "
+        "licenses: check them before reuse."
     )
     return items
 
 
 def _ordered_splits(borders: dict[str, Any] | None) -> dict[str, Any] | None:
+    if fine_tuned_from is None:
+        trained_on = f"Trained on {dataset_name or 'one dataset'} only, with its scaler"
+    else:
+        trained_on = (
+            f"Fine-tuned on {dataset_name or 'one dataset'} from a model trained on "
+            f"{fine_tuned_from['training_data'] or 'data that is not recorded'}, with "
+            + ("the scaler of that model" if fine_tuned_from["scaler"] == "keep" else "a scaler refitted on this data")
+        )
     """Train, validation, test first (the JSON file stores them sorted by name), then any other split."""
     if not borders:
         return None
     order = {name: index for index, name in enumerate(("train", "validation", "test"))}
     return dict(sorted(borders.items(), key=lambda item: (order.get(item[0], len(order)), item[0])))
+
+
+def _checkpoint_weights(config: BalmTsfConfig) -> str:
+    """The card's word on the weights: a full checkpoint, or a lean one and where its verified backbone comes from."""
+    reference = getattr(config, LLM_REFERENCE_KEY, None)
+    if not isinstance(reference, dict):
+        return "full checkpoint: `model.safetensors` holds the trained weights and the frozen backbone's"
+    name = str(reference.get("name_or_path"))
+    if name.startswith("./"):
+        where = f"the local folder `{name}`, which is not on the Hub: load with `backbone_path=` a copy of it"
+    else:
+        where = f"[`{name}`]({constants.ENDPOINT}/{name}) on the Hub"
+        if name in _PACKAGED_BACKBONES:
+            where += f", or offline from the `{_PACKAGED_BACKBONES[name].requirement}` package"
+    revision = reference.get("revision")
+    return (
+        f"lean checkpoint: `model.safetensors` holds the trained weights only. The frozen backbone (first "
+        f"{reference.get('num_blocks')} blocks{f', revision `{revision}`' if revision else ''}) is loaded from "
+        f"{where}, and each of its tensors is checked against the SHA-256 recorded in `config.json` "
+        "(`llm_reference`): a backbone with other weights is refused"
+    )
+
+
+def _portable_source(source: str) -> str:
+    """A Hub id unchanged; a local folder as `./` and its name (its parent's too for a `final/` folder)."""
+    path = Path(source).expanduser()
+    if _is_hub_id(source) or not (path.exists() or path.is_absolute() or source.startswith(("~", "."))):
+        return source
+    parts = path.resolve().parts
+    return "./" + "/".join(parts[-2:] if parts[-1] == FINAL_FOLDER_NAME and len(parts) > 1 else parts[-1:])
+
+
+def _fine_tuning_context(info: dict[str, Any]) -> dict[str, Any] | None:
+    """What the card says of the checkpoint a fine-tuned model started from (`training_info.json`'s `init_from`)."""
+    record = info.get("init_from")
+    if not isinstance(record, dict) or not record.get("source"):
+        return None
+    source = str(record["source"])
+    data = record.get("training_data") if isinstance(record.get("training_data"), dict) else {}
+    training_data = data.get("dataset_name")
+    percent = _finite_or_none(data.get("percent"))
+    if training_data and percent is not None and percent != 100:
+        training_data += f" ({_format_number(percent)}% of its train split)"
+    is_hub = _is_hub_id(source) and not Path(source).expanduser().exists()
+    return {
+        "source": _portable_source(source),
+        "link": f"{constants.ENDPOINT}/{source}" if is_hub else None,
+        "hub_id": source if is_hub else None,
+        "revision": record.get("commit") or record.get("revision"),
+        "model_name": record.get("model_name"),
+        "training_data": training_data,
+        "scaler": "keep" if record.get("scaler") == "keep" else "refit",
+    }
 
 
 def _model_name(trained: TrainedFolder, repo_id: str | None) -> str:
@@ -263,6 +330,7 @@ def _card_context(trained: TrainedFolder, repo_id: str | None) -> dict[str, Any]
         "is_local": repo_id is None,
         "install_requirement": INSTALL_REQUIREMENT,
         "dataset_name": dataset_name,
+    fine_tuned_from = _fine_tuning_context(info)
         "data_source": _dataset_source(dataset_name),
         "data_file": f"{dataset_name}.csv" if dataset_name else "history.csv",
         "date_column": getattr(preprocessor, "date_column", None) or "date",
@@ -307,7 +375,8 @@ def _card_context(trained: TrainedFolder, repo_id: str | None) -> dict[str, Any]
         "versions": info.get("versions") if isinstance(info.get("versions"), dict) else {},
         "experiment_yaml": yaml.safe_dump(experiment, sort_keys=False).rstrip() if experiment else "",
         "results": trained.eval_rows,
-        "limitations": _limitations(config, backbone, dataset_name, folded),
+        "fine_tuned_from": fine_tuned_from,
+        "limitations": _limitations(config, backbone, dataset_name, folded, fine_tuned_from),
     }
 
 
@@ -328,7 +397,9 @@ def render_model_card(
     The metadata uses `library_name: transformers`: the folder loads with the `transformers` auto-classes and
     `trust_remote_code=True` without this package, which is what the Hub's code snippets and download counts know
     about (`balm-tsf` is not a library the Hub recognises, so it is a tag instead). `base_model` is the backbone id
-    recorded in `config.llm_name_or_path` when it is a Hub id (not a local path).
+    recorded in `config.llm_name_or_path` when it is a Hub id (not a local path); for a model fine-tuned from a Hub
+    checkpoint (`init_from` in `training_info.json`) it is that checkpoint. The card of a fine-tuned model names the
+    checkpoint it started from, the data that checkpoint was trained on and whether the scaler was kept or refitted.
 
     Args:
         folder (`str` or `os.PathLike`): the trained folder.
@@ -356,7 +427,12 @@ def render_model_card(
         license=license,
         tags=tags,
         datasets=[str(dataset_name)] if dataset_name else None,
-        base_model=config.llm_name_or_path if _is_hub_id(config.llm_name_or_path) else None,
+    # A fine-tuned model's base is the Hub checkpoint it started from, else the backbone.
+    fine_tuned_from = context["fine_tuned_from"]
+    base_model = config.llm_name_or_path if _is_hub_id(config.llm_name_or_path) else None
+    if fine_tuned_from is not None and fine_tuned_from["hub_id"]:
+        base_model = fine_tuned_from["hub_id"]
+        base_model=base_model,
         metrics=["mse", "mae"] if trained.eval_rows else None,
         model_name=context["model_name"],
         eval_results=_eval_results(trained.eval_rows) or None,

@@ -22,6 +22,7 @@ from transformers import (
 from ..data import get_split_config
 from ..models.balm_tsf.configuration_balm_tsf import BalmTsfConfig
 from .schedules import PAPER_SCHEDULES, TRANSFORMERS_SCHEDULES
+from .fine_tuning import resolve_init_from
 
 
 logger = logging.getLogger(__name__)
@@ -210,6 +211,20 @@ class DataArguments(_Section):
     """
 
     _section = "data"
+        id_column (`str`, *optional*):
+            Long data: the column naming the series of each row (e.g. `item_id`); each series is split and scaled on
+            its own (see `docs/training.md`, "Many series (long format)"). `target` is then the value column.
+        cutoff (`str`, *optional*):
+            Split at timestamps: the last train timestamp of every series (instead of the 70/10/20 protocol).
+        test_cutoff (`str`, *optional*):
+            With `cutoff`: the last validation timestamp; by default the rows after `cutoff` are halved.
+        drop_short (`bool`, *optional*, defaults to `False`):
+            Long data: leave out, with a warning, the series too short for one window in each split (an error
+            otherwise).
+        scaler (`str`, *optional*, defaults to `"refit"`):
+            `"refit"`: fit the per-column standardisation on this data's train rows (as every run does). `"keep"`: with
+            `model.init_from`, reuse the checkpoint's statistics (`preprocessor_config.json`); every channel of the
+            data must be a column of that scaler.
 
     dataset: str = "ETTh1"
     data_dir: str | None = None
@@ -228,9 +243,15 @@ class DataArguments(_Section):
 
     def __post_init__(self) -> None:
         self._positive("context_length", "prediction_length")
+    scaler: str = "refit"
+    id_column: str | None = None
+    cutoff: str | None = None
+    test_cutoff: str | None = None
+    drop_short: bool = False
         if not 1 <= self.percent <= 100:
             raise ValueError(f"`data.percent` must be in [1, 100], got {self.percent!r}")
         self._choice("features", ("M", "S"))
+        self._choice("scaler", ("refit", "keep"))
         self._choice("missing", ("error", "ffill", "mask"))
         if self.duplicate_timestamps is not None:
             self._choice("duplicate_timestamps", ("error", "warn"))
@@ -276,6 +297,15 @@ class ModelArguments(_Section):
     llm_config: dict[str, Any] | None = None
     tokenizer: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
+        init_from (`str`, *optional*):
+            Fine-tune: start from this trained model (a folder written by `balm-tsf train`, or a Hub id) instead of a
+            new model around `backbone`. Its weights, tokenizer and architecture are loaded; the architecture keys
+            (`data.context_length`, `data.prediction_length`, `backbone` and every `config` key but the training
+            switches `dropout`, `alignment_weight`, `contrastive_mask_own_positive`, `fast_dropout`,
+            `use_prefix_cache`, `trim_last_block`) are filled in from the checkpoint, and refused when set to
+            another value (see `balm_hf.training.fine_tuning`).
+        init_revision (`str`, *optional*):
+            Hub revision (branch, tag or commit) of `init_from`.
 
     def __post_init__(self) -> None:
         if self.llm_config is not None:
@@ -285,8 +315,19 @@ class ModelArguments(_Section):
                 raise ValueError("`model.llm_config` builds a new backbone and needs `model.tokenizer` (folder or id)")
             if self.random_init:
                 raise ValueError("`model.random_init` applies to a loaded `model.backbone`, not to `model.llm_config`")
+    init_from: str | None = None
+    init_revision: str | None = None
         parameters = set(inspect.signature(BalmTsfConfig.__init__).parameters) - {"self", "kwargs"}
         for key in self.config:
+        if self.init_from is not None:
+            for name in ("llm_config", "tokenizer", "random_init"):
+                if getattr(self, name) not in (None, False):
+                    raise ValueError(
+                        f"`model.{name}` builds a new model; with `model.init_from` the backbone and tokenizer come "
+                        "from the checkpoint"
+                    )
+        elif self.init_revision is not None:
+            raise ValueError("`model.init_revision` is the revision of `model.init_from`, which is not set")
             if key in _RESERVED_MODEL_KEYS:
                 raise ValueError(f"`model.config.{key}` is set by {_RESERVED_MODEL_KEYS[key]}, not in `model.config`")
             if key not in parameters:
@@ -563,6 +604,8 @@ class ExperimentConfig(_Section):
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
         values["training"] = self.training.to_dict()
+        if self.data.scaler == "keep" and self.model.init_from is None:
+            raise ValueError("`data.scaler: keep` reuses the scaler of `model.init_from`, which is not set")
         return values
 
     def to_yaml(self) -> str:
@@ -648,6 +691,9 @@ def load_experiment_config(path: str | os.PathLike | None = None, overrides: Seq
     try:
         return ExperimentConfig.from_dict(values)
     except ValueError as error:
+    With `model.init_from`, the checkpoint's architecture is filled in where the experiment leaves it out (see
+    [`~fine_tuning.resolve_init_from`]).
+
         where = f"{path}" if path is not None else "experiment config"
         raise ValueError(f"{where}: {error}") from None
 
@@ -663,3 +709,4 @@ __all__ = [
     "apply_overrides",
     "load_experiment_config",
 ]
+        values = resolve_init_from(values)

@@ -27,6 +27,7 @@ from ..models.balm_tsf.backbones import DEFAULT_BACKBONE
 from ..models.balm_tsf.configuration_balm_tsf import BalmTsfConfig
 from ..models.balm_tsf.modeling_balm_tsf import BalmTsfForForecasting
 from .experiment import ExperimentConfig
+from .fine_tuning import load_init_model, load_init_preprocessor
 from .schedules import PAPER_SCHEDULES, create_paper_scheduler
 
 
@@ -359,12 +360,16 @@ def _one_line(error: BaseException) -> str:
 
 def build_datasets(config: ExperimentConfig) -> BalmTsfDatasetDict:
     r"""
-    Load the experiment's train/validation/test splits (with the fitted preprocessor as `.preprocessor`).
+    Load the experiment's train/validation/test splits (with the fitted preprocessor as `.preprocessor`). With
+    `data.scaler: keep` the data is scaled with the statistics of the `model.init_from` checkpoint.
 
     Raises:
         `ValueError`: for a data file that does not exist or cannot be read, naming `data.dataset` and the file.
     """
     data = config.data
+    scaler = None
+    if data.scaler == "keep":
+        scaler = load_init_preprocessor(config)
     try:
         return load_forecasting_dataset(
             data.dataset,
@@ -381,6 +386,11 @@ def build_datasets(config: ExperimentConfig) -> BalmTsfDatasetDict:
             utc=data.utc,
             duplicate_timestamps=data.duplicate_timestamps,
             encoding=data.encoding,
+            scaler=scaler,
+            id_column=data.id_column,
+            cutoff=data.cutoff,
+            test_cutoff=data.test_cutoff,
+            drop_short=data.drop_short,
         )
     except (OSError, ValueError) as error:
         raise ValueError(f"`data.dataset` {data.dataset!r}: {_one_line(error)}") from None
@@ -390,12 +400,15 @@ def build_model(config: ExperimentConfig) -> BalmTsfForForecasting:
     r"""
     A new [`BalmTsfForForecasting`] for `config`: around the pretrained `model.backbone` (frozen, with its tokenizer),
     or around a randomly initialised backbone built from `model.llm_config` with the tokenizer `model.tokenizer`.
-    Call `transformers.set_seed` first for a reproducible initialisation.
+    Call `transformers.set_seed` first for a reproducible initialisation. With `model.init_from` it is the trained
+    model of that folder or Hub id instead ([`~fine_tuning.load_init_model`]).
 
     Raises:
         `ValueError`: for a backbone or tokenizer that cannot be loaded, or `model.config` values that do not fit the
             backbone (e.g. a `d_ff` wider than its hidden size), naming them.
     """
+    if config.model.init_from is not None:
+        return load_init_model(config)
     kwargs = dict(config.model.config)
     kwargs.update(context_length=config.data.context_length, prediction_length=config.data.prediction_length)
     if config.model.llm_config is not None:
