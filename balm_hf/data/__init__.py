@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from .loading import FEATURES_MODES, MISSING_MODES, load_forecasting_dataset
-from .preprocessing import BalmTsfPreprocessor
+from .preprocessing import SCALING_MODES, BalmTsfPreprocessor
 from .reading import DATA_DIR_ENV
-from .splits import SPLITS, compute_split_borders, get_split_config, list_benchmarks
+from .splits import SPLITS, compute_split_borders, cutoff_split_borders, get_split_config, list_benchmarks
 from .timestamps import DUPLICATE_MODES, check_increasing, infer_frequency, parse_timestamps
 from .windows import INDEX_FEATURES, BalmTsfDatasetDict, BalmTsfWindowTransform
 
@@ -31,6 +31,7 @@ __all__ = [
     "FEATURES_MODES",
     "INDEX_FEATURES",
     "MISSING_MODES",
+    "SCALING_MODES",
     "SPLITS",
     "BalmTsfDataCollator",
     "BalmTsfDatasetDict",
@@ -38,6 +39,7 @@ __all__ = [
     "BalmTsfWindowTransform",
     "check_increasing",
     "compute_split_borders",
+    "cutoff_split_borders",
     "get_split_config",
     "infer_frequency",
     "list_benchmarks",

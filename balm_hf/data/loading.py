@@ -72,8 +72,8 @@ def load_forecasting_dataset(
     dataset_name: str | None = None,
 ) -> BalmTsfDatasetDict:
     r"""
-    Load a benchmark or a CSV as `train`/`validation`/`test` splits of channel-independent windows
-    (`docs/protocol.md` §3).
+    Load a benchmark, a CSV or a DataFrame as `train`/`validation`/`test` splits of channel-independent windows
+    (`docs/protocol.md` §3), from one wide series or from many series in long format.
 
     - Split borders come from the YAML files in `balm_hf/resources/data/`: fixed 12/4/4-month borders for ETT, the
       70/10/20 ratio protocol for Weather, Exchange and user CSVs. Validation and test start `context_length` rows
@@ -91,13 +91,24 @@ def load_forecasting_dataset(
       building took 0.7-0.8 s on a 2-core CPU machine and the Python process peaked at about 510 MiB resident
       memory, of which about 450 MiB are the torch/transformers/datasets imports; materialised windows would need
       about 1.9 GB.
+    - Many series (long format, `id_column`): one row per series and time step. Each series is split on its own, by
+      the same protocol (70/10/20 of its own rows) or at `cutoff`, scaled per channel with the mean and std of its
+      own train rows (`preprocessor.scaling == "per_series"`, statistics in `preprocessor.series_statistics`), and
+      its windows never reach into another series. A split's rows of all series are concatenated in order of first
+      appearance; `window_index` counts the split's windows over all series (item `i` is channel
+      `i // num_windows` and window `i % num_windows`, as above) and items also carry `series_index`, the series'
+      position in `preprocessor.series_ids`. Each series' timestamps must be strictly increasing and regular in the
+      given row order (rows of different series may interleave), all series of one frequency.
     - The index columns are not `forward` arguments: train with
       `TrainingArguments(remove_unused_columns=False, label_names=["future_values"])` and [`BalmTsfDataCollator`].
 
     Args:
-        name_or_path (`str` or `os.PathLike`):
+        name_or_path (`str`, `os.PathLike` or `pd.DataFrame`):
             A benchmark name (`"ETTh1"`, `"ETTh2"`, `"ETTm1"`, `"ETTm2"`, `"Weather"`, `"Exchange"`; see
-            [`list_benchmarks`]) or the path to a CSV (`.csv` or `.csv.gz`) with a date column and numeric columns. A
+            [`list_benchmarks`]), the path to a CSV (`.csv` or `.csv.gz`) with a date column and numeric columns, or a
+            `pandas.DataFrame` laid out like such a CSV (the date column may also be the index; datetime or text
+            timestamps, numeric or numeric-text values). A wide DataFrame gives exactly what writing it to a CSV and
+            loading that file gives. A
             benchmark's file is looked up in `data_dir`, then in the folder named by `$BALM_TSF_DATA_DIR`, and (ETT
             only, unless `HF_DATASETS_OFFLINE`/`HF_HUB_OFFLINE` is set) downloaded from the ETDataset repository into
             the `datasets` cache.
@@ -109,12 +120,14 @@ def load_forecasting_dataset(
             Few-shot percentage in (0, 100]; trims only the train split, whose end becomes
             `(end - L) * percent // 100 + L`. The scaler still uses the full train border, as in the original.
         target (`str`, *optional*, defaults to `"OT"`):
-            The target column; it is moved last, so it is the last channel.
+            The target column; it is moved last, so it is the last channel. In long data, the value column.
         data_dir (`str` or `os.PathLike`, *optional*):
             Folder holding `<Name>.csv` or `<Name>.csv.gz` (the benchmark's file name, e.g. `ETTh1.csv.gz`,
             `weather.csv`, `exchange_rate.csv`); a relative `name_or_path` is also looked up there.
         features (`str`, *optional*, defaults to `"M"`):
-            `"M"`: every column is a channel (each an item); `"S"`: only the target.
+            `"M"`: every column is a channel (each an item); `"S"`: only the target. In long data, `"M"` makes every
+            column but `id_column` and `date_column` a channel of each series (the target last; all must be numeric)
+            and `"S"` keeps only `target`, leaving out any other column.
         missing (`str`, *optional*, defaults to `"error"`):
             Empty/NaN cells: `"error"` raises naming the column and first row; `"ffill"` fills forward then backward;
             `"mask"` fills the same way, fits the scaler on observed train values only and adds `past_observed_mask`
@@ -142,6 +155,25 @@ def load_forecasting_dataset(
             file repeats `2020-05-12 06:00:00`; `"error"` for the others and for user CSVs).
         encoding (`str`, *optional*, defaults to `"utf-8"`):
             Text encoding of the CSV (e.g. `"latin-1"`).
+        id_column (`str`, *optional*):
+            Long data: the column naming the series of each row (read as text; `1` and `"1"` are the same series).
+            Empty ids are an error naming the row. Without it the data is one wide series.
+        cutoff (`str` or `pd.Timestamp`, *optional*):
+            Split every series at timestamps instead of by the split protocol: train holds each series' rows up to
+            and including `cutoff`; without `test_cutoff`, its rows after `cutoff` are halved, the first `n // 2`
+            being validation targets and the other `n - n // 2` test targets (see
+            [`~balm_hf.data.cutoff_split_borders`]). Validation and test still read the `context_length` rows before
+            their first target, and the scaler is fitted on the train rows. Recorded in the preprocessor.
+        test_cutoff (`str` or `pd.Timestamp`, *optional*):
+            With `cutoff`: validation targets are the rows after `cutoff` up to and including `test_cutoff`, test
+            targets the rows after it.
+        drop_short (`bool`, *optional*, defaults to `False`):
+            Long data: a series without one whole window (`context_length + prediction_length` rows) in each split is
+            an error naming it, its length and the split; with `True` such series are left out with a warning naming
+            them (an error when none is left).
+        dataset_name (`str`, *optional*):
+            The name recorded in the preprocessor and the results; defaults to the benchmark's name, the CSV file's
+            stem, or `"dataframe"` for a DataFrame.
         scaler ([`BalmTsfPreprocessor`], *optional*):
             Scale with the per-column statistics of this fitted preprocessor (e.g. a checkpoint's, to fine-tune it on
             new data with its own scaling) instead of fitting them on the train rows. Every channel must be one of
@@ -151,8 +183,8 @@ def load_forecasting_dataset(
     Returns:
         [`BalmTsfDatasetDict`]: `train`, `validation` and `test` datasets whose items hold `past_values`
         (`float32 [context_length, 1]`), `future_values` (`float32 [prediction_length, 1]`), `window_index` and
-        `channel_index` (plus the observed masks with `missing="mask"`), in channel-major order, and the fitted
-        [`BalmTsfPreprocessor`] as `.preprocessor`.
+        `channel_index` (plus the observed masks with `missing="mask"`, and `series_index` for long data), in
+        channel-major order, and the fitted [`BalmTsfPreprocessor`] as `.preprocessor`.
 
     Example:
 
@@ -506,14 +538,14 @@ def _load_many_series(
         item_dates = dates[order[offsets[item] : offsets[item + 1]]]
         frequency = infer_frequency(item_dates)
         if frequency is None:
-            steps = np.diff(item_dates.asi8)
+            steps = np.diff(item_dates.to_numpy())  # timedelta64 in the timestamps' unit
             usual = pd.Series(steps).mode().iloc[0]
             first = int(np.flatnonzero(steps != usual)[0]) + 1 if (steps != usual).any() else 1
             row = int(order[offsets[item] + first])
             raise ValueError(
                 f"{label}: the timestamps of series {item_ids[item]!r} are irregular: data row {row} ({dates[row]}) "
-                f"comes {pd.Timedelta(int(steps[first - 1]), 'ns')} after the series' previous row, its usual step is "
-                f"{pd.Timedelta(int(usual), 'ns')}; every series needs one row per time step"
+                f"comes {pd.Timedelta(steps[first - 1])} after the series' previous row, its usual step is "
+                f"{pd.Timedelta(usual)}; every series needs one row per time step"
             )
         frequencies.setdefault(frequency, item_ids[item])
     if len(frequencies) > 1:

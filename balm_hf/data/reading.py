@@ -270,13 +270,13 @@ def frame_values(frame: pd.DataFrame, columns: Sequence[str], label: str, hint: 
     they are, empty cells as NaN, text holding numbers parsed; other text and booleans are an error naming the column
     and the first row.
     """
-    values = np.empty((len(frame), len(columns)), dtype=np.float64)
-    for position, column in enumerate(columns):
-        cells = frame[column]
+    selected = frame[list(columns)]
+    converted = {}
+    for column in columns:
+        cells = selected[column]
         if pd.api.types.is_bool_dtype(cells.dtype):
             raise ValueError(f"{label}: column {column!r} holds booleans, not numbers{hint}")
         if pd.api.types.is_numeric_dtype(cells.dtype):
-            values[:, position] = cells.to_numpy(dtype=np.float64, na_value=np.nan)
             continue
         parsed = pd.to_numeric(cells, errors="coerce")
         bad = (cells.notna() & parsed.isna()).to_numpy()
@@ -286,5 +286,9 @@ def frame_values(frame: pd.DataFrame, columns: Sequence[str], label: str, hint: 
                 f"{label}: non-numeric values in column {column!r} (first at data row {row}: {cells.iloc[row]!r})"
                 f"{hint}"
             )
-        values[:, position] = parsed.to_numpy(dtype=np.float64, na_value=np.nan)
-    return values
+        converted[column] = parsed.astype(np.float64)
+    if converted:
+        selected = selected.copy()
+        for column, parsed in converted.items():
+            selected[column] = parsed
+    return selected.to_numpy(dtype=np.float64, na_value=np.nan, copy=True)

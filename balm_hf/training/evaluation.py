@@ -18,7 +18,7 @@ from transformers import (
 )
 
 from ..artifacts import EVAL_RESULTS_JSON, EXPERIMENT_FILE, PREPROCESSOR_FILE, TRAINING_INFO_FILE, write_eval_results
-from ..data import load_forecasting_dataset
+from ..data import BalmTsfPreprocessor, load_forecasting_dataset
 from ..metrics import compute_forecasting_metrics
 from ..models.balm_tsf.modeling_balm_tsf import BalmTsfForForecasting
 from .trainer import BalmTsfTrainer, ForecastOutput, build_data_collator
@@ -112,11 +112,126 @@ def _check_saved_scaler(folder: str, preprocessor: Any) -> None:
     same_scaler = np.allclose(saved["mean"], preprocessor.mean, rtol=1e-6) and np.allclose(
         saved["std"], preprocessor.std, rtol=1e-6
     )
+    saved_series, series = saved.get("series_statistics") or {}, getattr(preprocessor, "series_statistics", None) or {}
+    same_scaler = same_scaler and saved_series.keys() == series.keys()
+    same_scaler = same_scaler and all(
+        np.allclose(saved_series[item][key], series[item][key], rtol=1e-6)
+        for item in series
+        for key in ("mean", "std")
+    )
     if same_series and not same_scaler:
         logger.warning(
             f"the scaler fitted on {preprocessor.dataset_name} differs from the one saved in {path}: the data file "
             "changed since training, so the metrics are not on the training run's scale"
         )
+
+
+class SavedRun(typing.NamedTuple):
+    r"""
+    A saved model with its data and a prediction `Trainer`, as [`load_saved_run`] rebuilds them.
+
+    Args:
+        model ([`BalmTsfForForecasting`]): the model.
+        splits ([`~data.BalmTsfDatasetDict`]): the `train`/`validation`/`test` splits and the refitted preprocessor.
+        trainer ([`BalmTsfTrainer`]): a prediction `Trainer` with the run's eval batch size and precision.
+        experiment (`dict`): the saved `experiment.yaml` (empty when the model has none).
+        missing (`str`): the missing-value mode the data was loaded with.
+    """
+
+    model: BalmTsfForForecasting
+    splits: Any
+    trainer: BalmTsfTrainer
+    experiment: dict[str, Any]
+    missing: str
+
+
+def load_saved_run(
+    model_name_or_path: str | os.PathLike,
+    dataset: str | None = None,
+    data_dir: str | os.PathLike | None = None,
+    prediction_length: int | None = None,
+    target: str | None = None,
+    features: str | None = None,
+    batch_size: int | None = None,
+    output_dir: str | os.PathLike | None = None,
+    bf16: bool | None = None,
+    missing: str | None = None,
+) -> SavedRun:
+    r"""
+    Reload a saved model (a folder written by [`run_experiment`] or a Hub repository) with the data of its run.
+
+    Every setting not given comes from the `experiment.yaml` saved with the model (dataset, data folder, split
+    borders, target, features, missing-value mode, timestamp options, eval batch size) and from its config
+    (`context_length`, `prediction_length`); see [`evaluate_pretrained`] for the arguments. [`evaluate_pretrained`]
+    forecasts the test split of what this returns, `balm_hf.calibration.calibrate_folder` its validation split.
+    """
+    model_name_or_path = str(model_name_or_path)
+    experiment = _read_experiment_yaml(model_name_or_path) or {}
+    data = experiment.get("data") or {}
+    training = experiment.get("training") or {}
+    model = BalmTsfForForecasting.from_pretrained(model_name_or_path)
+    model_config = model.config
+    if prediction_length is not None and prediction_length != model_config.prediction_length:
+        raise ValueError(
+            f"`prediction_length`={prediction_length} differs from the model's prediction_length "
+            f"({model_config.prediction_length}): its forecasting head has a fixed horizon"
+        )
+    dataset = dataset if dataset is not None else data.get("dataset")
+    if dataset is None:
+        raise ValueError(f"no `dataset` given and {model_name_or_path} has no {EXPERIMENT_FILE} naming one")
+    same_dataset = dataset == data.get("dataset")
+    missing = missing if missing is not None else data.get("missing", "error")
+    # A run fine-tuned with `data.scaler: keep` saved the statistics it kept; its own data is scaled with them again.
+    kept_scaler = (
+        BalmTsfPreprocessor.from_pretrained(model_name_or_path)
+        if same_dataset and data.get("scaler") == "keep"
+        else None
+    )
+    splits = load_forecasting_dataset(
+        dataset,
+        context_length=model_config.context_length,
+        prediction_length=model_config.prediction_length,
+        target=target if target is not None else data.get("target", "OT"),
+        features=features if features is not None else data.get("features", "M"),
+        data_dir=data_dir if data_dir is not None else (data.get("data_dir") if same_dataset else None),
+        split_config=data.get("split_config") if same_dataset else None,
+        missing=missing,
+        scaler=kept_scaler,
+        **{
+            key: data[key]
+            for key in (
+                "date_column",
+                "date_format",
+                "utc",
+                "duplicate_timestamps",
+                "encoding",
+                "id_column",
+                "cutoff",
+                "test_cutoff",
+                "drop_short",
+            )
+            if same_dataset and data.get(key) is not None
+        },
+    )
+    _check_saved_scaler(model_name_or_path, splits.preprocessor)
+    if batch_size is None:
+        batch_size = int(training.get("per_device_eval_batch_size", 64))
+    if bf16 is None:
+        bf16 = _read_mixed_precision(model_name_or_path) == "bf16"
+    label_names = ["future_values"] + (["future_observed_mask"] if missing == "mask" else [])
+    args = TrainingArguments(
+        output_dir=str(output_dir) if output_dir is not None else "balm_tsf_evaluation",
+        per_device_eval_batch_size=batch_size,
+        label_names=label_names,
+        remove_unused_columns=False,
+        bf16=bool(bf16 and torch.cuda.is_available()),
+        dataloader_pin_memory=torch.cuda.is_available(),
+        report_to="none",
+    )
+    trainer = BalmTsfTrainer(model=model, args=args, data_collator=build_data_collator(model))
+    if splits.preprocessor is None or splits.preprocessor.dataset_name is None:
+        raise RuntimeError("the splits were loaded without a preprocessor (fitted scaler) or its dataset name")
+    return SavedRun(model=model, splits=splits, trainer=trainer, experiment=experiment, missing=missing)
 
 
 def evaluate_pretrained(
@@ -172,68 +287,33 @@ def evaluate_pretrained(
         `tuple[list[dict], ForecastOutput]`: the `eval_results` rows and the forecasts.
     """
     model_name_or_path = str(model_name_or_path)
-    experiment = _read_experiment_yaml(model_name_or_path) or {}
-    data = experiment.get("data") or {}
-    training = experiment.get("training") or {}
-    evaluation = experiment.get("evaluation") or {}
-    model = BalmTsfForForecasting.from_pretrained(model_name_or_path)
-    model_config = model.config
-    if prediction_length is not None and prediction_length != model_config.prediction_length:
-        raise ValueError(
-            f"`prediction_length`={prediction_length} differs from the model's prediction_length "
-            f"({model_config.prediction_length}): its forecasting head has a fixed horizon"
-        )
-    dataset = dataset if dataset is not None else data.get("dataset")
-    if dataset is None:
-        raise ValueError(f"no `dataset` given and {model_name_or_path} has no {EXPERIMENT_FILE} naming one")
-    same_dataset = dataset == data.get("dataset")
-    missing = missing if missing is not None else data.get("missing", "error")
-    splits = load_forecasting_dataset(
-        dataset,
-        context_length=model_config.context_length,
-        prediction_length=model_config.prediction_length,
-        target=target if target is not None else data.get("target", "OT"),
-        features=features if features is not None else data.get("features", "M"),
-        data_dir=data_dir if data_dir is not None else (data.get("data_dir") if same_dataset else None),
-        split_config=data.get("split_config") if same_dataset else None,
+    run = load_saved_run(
+        model_name_or_path,
+        dataset=dataset,
+        data_dir=data_dir,
+        prediction_length=prediction_length,
+        target=target,
+        features=features,
+        batch_size=batch_size,
+        output_dir=output_dir,
+        bf16=bf16,
         missing=missing,
-        **{
-            key: data[key]
-            for key in ("date_column", "date_format", "utc", "duplicate_timestamps", "encoding")
-            if same_dataset and data.get(key) is not None
-        },
     )
-    _check_saved_scaler(model_name_or_path, splits.preprocessor)
+    training = run.experiment.get("training") or {}
+    evaluation = run.experiment.get("evaluation") or {}
     if drop_last_test_batch is None:
         drop_last_test_batch = bool(evaluation.get("drop_last_test_batch", False))
     if drop_last_test_batch and drop_last_batch_size is None:
         drop_last_batch_size = evaluation.get("drop_last_batch_size") or training.get(
             "per_device_train_batch_size", 24
         )
-    if batch_size is None:
-        batch_size = int(training.get("per_device_eval_batch_size", 64))
-    if bf16 is None:
-        bf16 = _read_mixed_precision(model_name_or_path) == "bf16"
-    label_names = ["future_values"] + (["future_observed_mask"] if missing == "mask" else [])
-    args = TrainingArguments(
-        output_dir=str(output_dir) if output_dir is not None else "balm_tsf_evaluation",
-        per_device_eval_batch_size=batch_size,
-        label_names=label_names,
-        remove_unused_columns=False,
-        bf16=bool(bf16 and torch.cuda.is_available()),
-        dataloader_pin_memory=torch.cuda.is_available(),
-        report_to="none",
-    )
-    trainer = BalmTsfTrainer(model=model, args=args, data_collator=build_data_collator(model))
-    forecasts = trainer.predict_forecasts(splits["test"])
-    if splits.preprocessor is None or splits.preprocessor.dataset_name is None:
-        raise RuntimeError("the test split was loaded without a preprocessor (fitted scaler) or its dataset name")
+    forecasts = run.trainer.predict_forecasts(run.splits["test"])
     rows = forecast_metrics_rows(
         forecasts,
-        model_name=model_name or experiment.get("name") or model_name_or_path,
-        dataset_name=splits.preprocessor.dataset_name,
-        context_length=model_config.context_length,
-        percent=int(data.get("percent", 100)),
+        model_name=model_name or run.experiment.get("name") or model_name_or_path,
+        dataset_name=run.splits.preprocessor.dataset_name,
+        context_length=run.model.config.context_length,
+        percent=int((run.experiment.get("data") or {}).get("percent", 100)),
         drop_last_batch_size=drop_last_batch_size if drop_last_test_batch else None,
     )
     return rows, forecasts
@@ -333,5 +413,7 @@ __all__ = [
     "evaluate_pretrained",
     "evaluate_to_results",
     "forecast_metrics_rows",
+    "load_saved_run",
     "results_table",
+    "SavedRun",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import inspect
 import json
 import logging
@@ -21,8 +22,8 @@ from transformers import (
 
 from ..data import get_split_config
 from ..models.balm_tsf.configuration_balm_tsf import BalmTsfConfig
-from .schedules import PAPER_SCHEDULES, TRANSFORMERS_SCHEDULES
 from .fine_tuning import resolve_init_from
+from .schedules import PAPER_SCHEDULES, TRANSFORMERS_SCHEDULES
 
 
 logger = logging.getLogger(__name__)
@@ -122,6 +123,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if hint is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, datetime.date):  # YAML reads an unquoted 2021-03-01 as a date
+            return value.isoformat()
         raise ValueError(f"`{key}` must be a string, got {value!r}")
     if origin is dict or hint is dict:
         if isinstance(value, Mapping):
@@ -208,9 +211,6 @@ class DataArguments(_Section):
             `"error"` or `"warn"` for a repeated timestamp; default: the split config's (`"error"` for a user CSV).
         encoding (`str`, *optional*, defaults to `"utf-8"`):
             Text encoding of the CSV.
-    """
-
-    _section = "data"
         id_column (`str`, *optional*):
             Long data: the column naming the series of each row (e.g. `item_id`); each series is split and scaled on
             its own (see `docs/training.md`, "Many series (long format)"). `target` is then the value column.
@@ -225,6 +225,9 @@ class DataArguments(_Section):
             `"refit"`: fit the per-column standardisation on this data's train rows (as every run does). `"keep"`: with
             `model.init_from`, reuse the checkpoint's statistics (`preprocessor_config.json`); every channel of the
             data must be a column of that scaler.
+    """
+
+    _section = "data"
 
     dataset: str = "ETTh1"
     data_dir: str | None = None
@@ -240,18 +243,18 @@ class DataArguments(_Section):
     utc: bool = False
     duplicate_timestamps: str | None = None
     encoding: str = "utf-8"
-
-    def __post_init__(self) -> None:
-        self._positive("context_length", "prediction_length")
     scaler: str = "refit"
     id_column: str | None = None
     cutoff: str | None = None
     test_cutoff: str | None = None
     drop_short: bool = False
+
+    def __post_init__(self) -> None:
+        self._positive("context_length", "prediction_length")
+        self._choice("scaler", ("refit", "keep"))
         if not 1 <= self.percent <= 100:
             raise ValueError(f"`data.percent` must be in [1, 100], got {self.percent!r}")
         self._choice("features", ("M", "S"))
-        self._choice("scaler", ("refit", "keep"))
         self._choice("missing", ("error", "ffill", "mask"))
         if self.duplicate_timestamps is not None:
             self._choice("duplicate_timestamps", ("error", "warn"))
@@ -266,6 +269,12 @@ class DataArguments(_Section):
                 get_split_config(self.split_config)
             except ValueError as error:
                 raise ValueError(f"`data.split_config`: {error}") from None
+        if self.test_cutoff is not None and self.cutoff is None:
+            raise ValueError("`data.test_cutoff` needs `data.cutoff` (the last timestamp of the train split)")
+        if self.cutoff is not None and self.split_config is not None:
+            raise ValueError("give `data.cutoff` or `data.split_config`, not both: each defines the splits")
+        if self.drop_short and self.id_column is None:
+            raise ValueError("`data.drop_short` leaves out short series of long data: it needs `data.id_column`")
 
 
 @dataclass
@@ -288,15 +297,6 @@ class ModelArguments(_Section):
         config (`dict`, *optional*):
             Any other [`BalmTsfConfig`] argument (`llm_layers`, `d_model`, `d_ff`, `dropout`, the beyond-paper
             switches, ...). `context_length` and `prediction_length` come from `data`.
-    """
-
-    _section = "model"
-
-    backbone: str | None = None
-    random_init: bool = False
-    llm_config: dict[str, Any] | None = None
-    tokenizer: str | None = None
-    config: dict[str, Any] = field(default_factory=dict)
         init_from (`str`, *optional*):
             Fine-tune: start from this trained model (a folder written by `balm-tsf train`, or a Hub id) instead of a
             new model around `backbone`. Its weights, tokenizer and architecture are loaded; the architecture keys
@@ -306,19 +306,19 @@ class ModelArguments(_Section):
             another value (see `balm_hf.training.fine_tuning`).
         init_revision (`str`, *optional*):
             Hub revision (branch, tag or commit) of `init_from`.
+    """
 
-    def __post_init__(self) -> None:
-        if self.llm_config is not None:
-            if "model_type" not in self.llm_config:
-                raise ValueError("`model.llm_config` needs a `model_type` entry (e.g. 'gpt2')")
-            if self.tokenizer is None:
-                raise ValueError("`model.llm_config` builds a new backbone and needs `model.tokenizer` (folder or id)")
-            if self.random_init:
-                raise ValueError("`model.random_init` applies to a loaded `model.backbone`, not to `model.llm_config`")
+    _section = "model"
+
+    backbone: str | None = None
+    random_init: bool = False
+    llm_config: dict[str, Any] | None = None
+    tokenizer: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
     init_from: str | None = None
     init_revision: str | None = None
-        parameters = set(inspect.signature(BalmTsfConfig.__init__).parameters) - {"self", "kwargs"}
-        for key in self.config:
+
+    def __post_init__(self) -> None:
         if self.init_from is not None:
             for name in ("llm_config", "tokenizer", "random_init"):
                 if getattr(self, name) not in (None, False):
@@ -328,6 +328,15 @@ class ModelArguments(_Section):
                     )
         elif self.init_revision is not None:
             raise ValueError("`model.init_revision` is the revision of `model.init_from`, which is not set")
+        if self.llm_config is not None:
+            if "model_type" not in self.llm_config:
+                raise ValueError("`model.llm_config` needs a `model_type` entry (e.g. 'gpt2')")
+            if self.tokenizer is None:
+                raise ValueError("`model.llm_config` builds a new backbone and needs `model.tokenizer` (folder or id)")
+            if self.random_init:
+                raise ValueError("`model.random_init` applies to a loaded `model.backbone`, not to `model.llm_config`")
+        parameters = set(inspect.signature(BalmTsfConfig.__init__).parameters) - {"self", "kwargs"}
+        for key in self.config:
             if key in _RESERVED_MODEL_KEYS:
                 raise ValueError(f"`model.config.{key}` is set by {_RESERVED_MODEL_KEYS[key]}, not in `model.config`")
             if key not in parameters:
@@ -393,6 +402,10 @@ class TrainingSettings(_Section):
             Epochs without a strictly lower validation MSE before stopping; `null` disables early stopping.
         overwrite (`bool`, *optional*, defaults to `False`):
             Train into an `output_dir` that already holds a run, deleting its checkpoints and `final/` folder.
+        save_backbone (`bool`, *optional*, defaults to `True`):
+            `False` saves the `final/` folder as a lean checkpoint: the trained weights and a verified reference to the
+            frozen backbone instead of its weights (`save_pretrained(..., save_backbone=False)`). The Trainer
+            checkpoints of the run stay full, so that resuming needs nothing else.
         arguments (`dict`, *optional*):
             The `TrainingArguments` fields of the section, with the package's defaults filled in (built by
             `from_dict`; in a YAML file these keys sit directly in `training`).
@@ -405,6 +418,7 @@ class TrainingSettings(_Section):
     global_batch_size: int | None = None
     early_stopping_patience: int | None = 10
     overwrite: bool = False
+    save_backbone: bool = True
     arguments: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -519,6 +533,12 @@ class EvaluationArguments(_Section):
         drop_last_batch_size (`int`, *optional*):
             Batch size of the original's test loader; defaults to `training.per_device_train_batch_size` (the original
             used `args.batch_size` for the test loader).
+        calibrate (`bool`, *optional*, defaults to `True`):
+            After the test, forecast the whole validation split, save the split-conformal calibration of prediction
+            intervals (`conformal_calibration.safetensors`) in the final folder and write the test coverage, width and
+            WQL of its intervals beside a seasonal-naive reference (`interval_results.json`); see `docs/intervals.md`.
+            `false` skips it (the validation forecasts cost about as much as the test's); `balm-tsf calibrate FOLDER`
+            adds it later.
     """
 
     _section = "evaluation"
@@ -526,6 +546,7 @@ class EvaluationArguments(_Section):
     max_validation_items: int | None = None
     drop_last_test_batch: bool = False
     drop_last_batch_size: int | None = None
+    calibrate: bool = True
 
     def __post_init__(self) -> None:
         self._positive("max_validation_items", "drop_last_batch_size", allow_none=True)
@@ -583,6 +604,8 @@ class ExperimentConfig(_Section):
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
             raise ValueError(f"`name` must be a non-empty name without '/', got {self.name!r}")
+        if self.data.scaler == "keep" and self.model.init_from is None:
+            raise ValueError("`data.scaler: keep` reuses the scaler of `model.init_from`, which is not set")
         self._validate_model_config()
 
     def _validate_model_config(self) -> None:
@@ -604,8 +627,6 @@ class ExperimentConfig(_Section):
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
         values["training"] = self.training.to_dict()
-        if self.data.scaler == "keep" and self.model.init_from is None:
-            raise ValueError("`data.scaler: keep` reuses the scaler of `model.init_from`, which is not set")
         return values
 
     def to_yaml(self) -> str:
@@ -643,7 +664,7 @@ def apply_overrides(values: Mapping[str, Any], overrides: Sequence[str]) -> dict
     {'training': {'seed': 0}, 'model': {'config': {'d_ff': 64}}}
     ```
     """
-    result = json.loads(json.dumps(values))  # deep copy of plain YAML data
+    result = json.loads(json.dumps(values, default=str))  # deep copy of plain YAML data (dates as text)
     for override in overrides:
         path, value = _parse_override(override)
         node = result
@@ -670,6 +691,9 @@ def load_experiment_config(path: str | os.PathLike | None = None, overrides: Seq
         overrides (`Sequence[str]`, *optional*):
             `section.key=value` strings, e.g. `"training.learning_rate=0.005"`, `"model.config.llm_layers=2"`.
 
+    With `model.init_from`, the checkpoint's architecture is filled in where the experiment leaves it out (see
+    [`~fine_tuning.resolve_init_from`]).
+
     Returns:
         [`ExperimentConfig`]: the resolved configuration.
 
@@ -689,11 +713,9 @@ def load_experiment_config(path: str | os.PathLike | None = None, overrides: Seq
             raise ValueError(f"{path}: an experiment config must be a mapping, got {type(values).__name__}")
     values = apply_overrides(values, overrides)
     try:
+        values = resolve_init_from(values)
         return ExperimentConfig.from_dict(values)
     except ValueError as error:
-    With `model.init_from`, the checkpoint's architecture is filled in where the experiment leaves it out (see
-    [`~fine_tuning.resolve_init_from`]).
-
         where = f"{path}" if path is not None else "experiment config"
         raise ValueError(f"{where}: {error}") from None
 
@@ -709,4 +731,3 @@ __all__ = [
     "apply_overrides",
     "load_experiment_config",
 ]
-        values = resolve_init_from(values)
