@@ -653,6 +653,222 @@ def run_backtest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_backtest_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="trained folder or Hub repository id")
+    parser.add_argument(
+        "--input",
+        required=True,
+        help="CSV (or .csv.gz): the long layout (an id column, a timestamp column, the target column(s)), or a wide "
+        "table (a date column and the model's channels: one item, each channel a target)",
+    )
+    parser.add_argument("--n-windows", type=int, required=True, help="number of forecast origins (cutoffs) per series")
+    parser.add_argument("--step", type=int, default=None, help="rows between cutoffs (default: the model's horizon)")
+    parser.add_argument(
+        "--id-column",
+        default=None,
+        help="item id column (default: 'item_id' when the file has one; without it the file is one wide item)",
+    )
+    parser.add_argument(
+        "--timestamp-column",
+        default=None,
+        help="timestamp column (default: 'timestamp' when the file has one, else the preprocessor's, 'date')",
+    )
+    parser.add_argument(
+        "--target",
+        nargs="+",
+        default=None,
+        help="column(s) to forecast (default: the model's channels found in the file, else 'target')",
+    )
+    parser.add_argument(
+        "--quantiles",
+        nargs="+",
+        type=float,
+        default=None,
+        help="quantile levels to forecast and score with WQL, e.g. 0.1 0.5 0.9 (needs `balm-tsf calibrate` first)",
+    )
+    parser.add_argument(
+        "--season-length",
+        type=int,
+        default=None,
+        help="season m of the MASE scale (default: 24 hourly, 96 15-minute, 7 daily data, else 1)",
+    )
+    parser.add_argument("--output", default=None, help="CSV to write the forecasts of every cutoff to")
+    parser.add_argument("--metrics", default=None, help="CSV to write the metrics (per cutoff and overall) to")
+    parser.add_argument("--plot", default=None, help="PNG of the forecasts of every cutoff over the actuals")
+    parser.add_argument("--plot-item", default=None, help="the item to plot (default: the first)")
+    parser.add_argument("--plot-target", nargs="+", default=None, help="the target(s) to plot (default: all)")
+    parser.add_argument("--freq", default=None, help="pandas frequency of the timestamps (default: inferred)")
+    parser.add_argument("--batch-size", type=int, default=None, help="series per model call (default: 1024)")
+    parser.add_argument("--device", default=None, help="torch device, e.g. 'cuda' (default: cpu)")
+    parser.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of --model")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace existing --output, --metrics or --plot files"
+    )
+
+
+def _check_backtest_outputs(args: argparse.Namespace) -> None:
+    """Refuse, before any work, outputs that would replace the input, each other or an existing file."""
+    input_path = Path(args.input)
+    if not input_path.is_file():
+        raise FileNotFoundError(f"--input {input_path} does not exist")
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise ImportError(
+                f'--plot {args.plot} needs matplotlib: pip install "balm-tsf[plot]" (nothing was written)'
+            ) from None
+    outputs = {
+        option: Path(value)
+        for option, value in (("--output", args.output), ("--metrics", args.metrics), ("--plot", args.plot))
+        if value is not None
+    }
+    seen: dict[Path, str] = {}
+    for option, path in outputs.items():
+        resolved = path.resolve()
+        if resolved == input_path.resolve():
+            raise ValueError(f"{option} {path} is the --input file: the backtest would replace its data")
+        if resolved in seen:
+            raise ValueError(f"{seen[resolved]} and {option} are the same file {path}")
+        seen[resolved] = option
+        if path.exists() and not args.overwrite:
+            raise FileExistsError(f"{option} {path} already exists; pass --overwrite to replace it")
+
+
+def run_backtest(args: argparse.Namespace) -> int:
+    """Run `backtest`: read the CSV (long or wide), backtest, print the metrics, write the CSVs (and the PNG)."""
+    import pandas as pd
+
+    from .backtesting import backtest, plot_backtest
+    from .forecasting import BalmTsfForecaster
+
+    _check_backtest_outputs(args)
+    input_path = Path(args.input)
+    data = pd.read_csv(input_path)
+    load_kwargs = {"revision": args.revision} if args.revision else {}
+    forecaster = BalmTsfForecaster.from_pretrained(args.model, device=args.device, **load_kwargs)
+    id_column = args.id_column or "item_id"
+    if args.id_column is None and id_column not in data.columns:
+        # A wide table: one item, named after the file, whose channels are its targets.
+        data.insert(0, id_column, input_path.name.split(".")[0])
+    timestamp_column = args.timestamp_column or (
+        "timestamp" if "timestamp" in data.columns else forecaster.preprocessor.date_column or "date"
+    )
+    targets = args.target or [column for column in forecaster.columns if column in data.columns] or ["target"]
+    result = backtest(
+        forecaster,
+        data,
+        n_windows=args.n_windows,
+        step=args.step,
+        id_column=id_column,
+        timestamp_column=timestamp_column,
+        target=targets,
+        quantile_levels=args.quantiles,
+        season_length=args.season_length,
+        batch_size=args.batch_size,
+        freq=args.freq,
+    )
+    for option, frame in (("output", result.forecasts), ("metrics", result.metrics)):
+        if getattr(args, option):
+            path = Path(getattr(args, option))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            frame.to_csv(path, index=False)
+            logger.info("wrote %d rows to %s", len(frame), path)
+    if args.plot:
+        item = args.plot_item
+        if item is not None and item not in set(result.forecasts[id_column]):
+            # Ids read as numbers from the CSV are matched by their text.
+            matches = [value for value in pd.unique(result.forecasts[id_column]) if str(value) == item]
+            item = matches[0] if matches else item
+        plot_backtest(result, args.plot, item=item, target=args.plot_target)
+        logger.info("wrote %s", args.plot)
+    sys.stdout.write(
+        f"backtest of {args.model} on {input_path}: {result.n_windows} cutoffs {result.step} rows apart, horizon "
+        f"{result.prediction_length}, MASE season {result.season_length}\n"
+    )
+    sys.stdout.write(result.metrics.to_string(index=False) + "\n")
+    return 0
+
+
+def add_calibrate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of `balm-tsf calibrate`; see [`run_calibrate`]."""
+    parser.add_argument("folder", help="a trained folder (the final/ folder of `balm-tsf train`)")
+    parser.add_argument(
+        "--split",
+        choices=("validation", "test"),
+        default="validation",
+        help="held-out split whose residuals calibrate the intervals (default: validation)",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="items per forward pass (default: the experiment's eval batch)"
+    )
+    parser.add_argument("--data-dir", default=None, help="folder of the benchmark files (default: the saved one)")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the folder's calibration (and, with --evaluate-test, its interval_results.json)",
+    )
+    parser.add_argument(
+        "--evaluate-test",
+        action="store_true",
+        help="also forecast the whole test split and write the coverage and width of the 80%% and 90%% intervals "
+        "and the WQL, beside a seasonal-naive reference, to interval_results.json (an existing calibration is used "
+        "as it is unless --overwrite)",
+    )
+    return parser
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    """Run `calibrate`: `calibration.calibrate_folder` (and `evaluate_intervals`), then print what was written."""
+    from .calibration import CALIBRATION_FILE, INTERVAL_RESULTS_FILE, calibrate_folder, evaluate_intervals
+
+    folder = Path(args.folder)
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
+    if args.evaluate_test and (folder / INTERVAL_RESULTS_FILE).exists() and not args.overwrite:
+        raise FileExistsError(f"{folder / INTERVAL_RESULTS_FILE} already exists; pass --overwrite to replace it")
+    if args.evaluate_test and (folder / CALIBRATION_FILE).is_file() and not args.overwrite:
+        sys.stdout.write(f"using the calibration in {folder / CALIBRATION_FILE}\n")
+    else:
+        calibration = calibrate_folder(
+            folder, split=args.split, batch_size=args.batch_size, overwrite=args.overwrite, data_dir=args.data_dir
+        )
+        low, high = calibration.offsets_for([0.05, 0.95])
+        width = high - low  # [prediction_length, channels]
+        sys.stdout.write(
+            f"saved {folder / CALIBRATION_FILE}: {calibration.num_windows} {calibration.split} windows x "
+            f"{len(calibration.columns)} channels, quantile levels {calibration.levels[0]:g} to "
+            f"{calibration.levels[-1]:g}; 90% interval width (standardised, mean over channels) "
+            f"{width[0].mean():.3f} at step 1, {width[-1].mean():.3f} at step {calibration.prediction_length}\n"
+        )
+    if args.evaluate_test:
+        results = evaluate_intervals(
+            folder, batch_size=args.batch_size, overwrite=args.overwrite, data_dir=args.data_dir
+        )
+        sys.stdout.write(f"wrote {folder / INTERVAL_RESULTS_FILE}\n{format_interval_table(results)}")
+    return 0
+
+
+def format_interval_table(results: Mapping[str, Any]) -> str:
+    """A markdown table of `interval_results.json`: coverage and width per interval level, and the WQL, per model."""
+    levels = [f"{float(level):g}" for level in results["interval_levels"]]
+    header = ["model"]
+    for level in levels:
+        percent = f"{float(level) * 100:g}%"
+        header += [f"coverage {percent}", f"width {percent}"]
+    header.append("WQL")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for model in results["models"]:
+        cells = [str(model["model"])]
+        for level in levels:
+            cells += [f"{model['coverage'][level]:.3f}", f"{model['width'][level]:.3f}"]
+        cells.append(f"{model['wql']:.4f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    split = results.get("split", "test")
+    note = f"{results.get('dataset')} {split} split, {results.get('num_windows')} windows; width standardised\n"
+    return "\n".join(lines) + "\n" + note
+
+
 class _Command(NamedTuple):
     help: str
     description: str
@@ -690,6 +906,15 @@ _COMMANDS = {
         None,
         add_evaluate_arguments,
         run_evaluate,
+    ),
+    "backtest": _Command(
+        "backtest a trained model on the end of your series",
+        "Forecast from n rolling cutoffs at the end of every series of a CSV (long or wide) and score each forecast "
+        "against what followed: MSE and MAE in the data's units and standardised, MASE (in-sample seasonal scale) "
+        "and, with --quantiles, WQL; per cutoff and overall.",
+        None,
+        _add_backtest_arguments,
+        run_backtest,
     ),
     "backtest": _Command(
         "backtest a trained model on the end of your series",

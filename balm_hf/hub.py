@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -18,21 +19,28 @@ from urllib.parse import urlparse
 import torch
 import yaml
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, constants
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from .artifacts import (
+    CONFIG_FILE,
     FINAL_FOLDER_NAME,
     MODEL_CARD_FILE,
     PICKLE_SUFFIXES,
+    WEIGHTS_FILE,
+    WEIGHTS_INDEX_FILE,
     TrainedFolder,
     _as_folder,
     _finite_or_none,
+    _load_config,
     _read_folder,
+    _weight_files,
     validate_folder,
 )
 from .data import get_split_config
-from .models.balm_tsf.backbones import PAPER_BACKBONE
+from .models.balm_tsf.backbones import _PACKAGED_BACKBONES, PAPER_BACKBONE
 from .models.balm_tsf.configuration_balm_tsf import BalmTsfConfig
-from .models.balm_tsf.modeling_balm_tsf import BalmTsfForForecasting
+from .models.balm_tsf.modeling_balm_tsf import LLM_REFERENCE_KEY, BalmTsfForForecasting, backbone_reference
 
 
 HUB_TAGS = ("time-series", "forecasting", "balm-tsf", "llm", "multimodal", "contrastive-learning")
@@ -218,14 +226,6 @@ def _limitations(
         "Point forecasts only (no uncertainty), no covariates or calendar features"
         + (", and every channel is forecast on its own (no cross-channel information)." if folded else ".")
     )
-    items.append(
-        f"{trained_on}; accuracy on other series is untested. The training data and the backbone come with their own "
-        "licenses: check them before reuse."
-    )
-    return items
-
-
-def _ordered_splits(borders: dict[str, Any] | None) -> dict[str, Any] | None:
     if fine_tuned_from is None:
         trained_on = f"Trained on {dataset_name or 'one dataset'} only, with its scaler"
     else:
@@ -234,11 +234,11 @@ def _ordered_splits(borders: dict[str, Any] | None) -> dict[str, Any] | None:
             f"{fine_tuned_from['training_data'] or 'data that is not recorded'}, with "
             + ("the scaler of that model" if fine_tuned_from["scaler"] == "keep" else "a scaler refitted on this data")
         )
-    """Train, validation, test first (the JSON file stores them sorted by name), then any other split."""
-    if not borders:
-        return None
-    order = {name: index for index, name in enumerate(("train", "validation", "test"))}
-    return dict(sorted(borders.items(), key=lambda item: (order.get(item[0], len(order)), item[0])))
+    items.append(
+        f"{trained_on}; accuracy on other series is untested. The training data and the backbone come with their own "
+        "licenses: check them before reuse."
+    )
+    return items
 
 
 def _checkpoint_weights(config: BalmTsfConfig) -> str:
@@ -294,6 +294,14 @@ def _fine_tuning_context(info: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
+def _ordered_splits(borders: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Train, validation, test first (the JSON file stores them sorted by name), then any other split."""
+    if not borders:
+        return None
+    order = {name: index for index, name in enumerate(("train", "validation", "test"))}
+    return dict(sorted(borders.items(), key=lambda item: (order.get(item[0], len(order)), item[0])))
+
+
 def _model_name(trained: TrainedFolder, repo_id: str | None) -> str:
     """The repository name, else the experiment's `name`, else the folder's name (its parent's for `final/`)."""
     if repo_id:
@@ -322,6 +330,7 @@ def _card_context(trained: TrainedFolder, repo_id: str | None) -> dict[str, Any]
     else:
         backbone = f"a {config.llm_config.model_type} model whose weights' origin is not recorded"
     trainable, total = _parameter_counts(config)
+    fine_tuned_from = _fine_tuning_context(info)
     max_steps = _find_value(experiment, ("max_steps",))
     return {
         "model_name": _model_name(trained, repo_id),
@@ -330,7 +339,6 @@ def _card_context(trained: TrainedFolder, repo_id: str | None) -> dict[str, Any]
         "is_local": repo_id is None,
         "install_requirement": INSTALL_REQUIREMENT,
         "dataset_name": dataset_name,
-    fine_tuned_from = _fine_tuning_context(info)
         "data_source": _dataset_source(dataset_name),
         "data_file": f"{dataset_name}.csv" if dataset_name else "history.csv",
         "date_column": getattr(preprocessor, "date_column", None) or "date",
@@ -347,6 +355,7 @@ def _card_context(trained: TrainedFolder, repo_id: str | None) -> dict[str, Any]
         "channels_folded": folded,
         "backbone": backbone,
         "backbone_type": config.llm_config.model_type,
+        "checkpoint_weights": _checkpoint_weights(config),
         "llm_layers": config.llm_layers,
         "d_llm": config.d_llm,
         "text_branch": config.text_branch,
@@ -418,6 +427,11 @@ def render_model_card(
     context = _card_context(trained, repo_id)
     config = trained.config
     dataset_name = context["dataset_name"]
+    # A fine-tuned model's base is the Hub checkpoint it started from, else the backbone.
+    fine_tuned_from = context["fine_tuned_from"]
+    base_model = config.llm_name_or_path if _is_hub_id(config.llm_name_or_path) else None
+    if fine_tuned_from is not None and fine_tuned_from["hub_id"]:
+        base_model = fine_tuned_from["hub_id"]
     tags = list(HUB_TAGS)
     if dataset_name:
         tags.append(str(dataset_name).lower())
@@ -427,11 +441,6 @@ def render_model_card(
         license=license,
         tags=tags,
         datasets=[str(dataset_name)] if dataset_name else None,
-    # A fine-tuned model's base is the Hub checkpoint it started from, else the backbone.
-    fine_tuned_from = context["fine_tuned_from"]
-    base_model = config.llm_name_or_path if _is_hub_id(config.llm_name_or_path) else None
-    if fine_tuned_from is not None and fine_tuned_from["hub_id"]:
-        base_model = fine_tuned_from["hub_id"]
         base_model=base_model,
         metrics=["mse", "mae"] if trained.eval_rows else None,
         model_name=context["model_name"],
@@ -524,27 +533,84 @@ def check_hub_connection(endpoint: str | None = None, timeout: float = 3.0) -> N
         ) from error
 
 
+def _write_lean_weights(source: Path, target: Path, config: BalmTsfConfig) -> None:
+    """Write `target/model.safetensors` and `target/config.json`: the full folder `source` without its backbone."""
+    if config.llm_name_or_path is None:
+        raise ValueError(
+            f"{source / CONFIG_FILE} records no backbone (`llm_name_or_path` is null), so a lean copy could not "
+            "rebuild it: push it in full (`--full`, `lean=False`)"
+        )
+    if config.llm_name_or_path.startswith("./"):
+        raise ValueError(
+            f"the backbone of {source} is the local folder {config.llm_name_or_path!r}, which the users of a Hub "
+            "repository cannot fetch: push it in full (`--full`, `lean=False`), which uploads the backbone with it"
+        )
+    with torch.device("meta"):
+        prefix = BalmTsfForForecasting(config)._backbone_prefix()
+    trained: dict[str, torch.Tensor] = {}
+    frozen: dict[str, torch.Tensor] = {}
+    for path in _weight_files(source):
+        with safe_open(str(path), framework="pt") as weights:
+            for key in weights.keys():
+                if key.startswith(prefix):
+                    frozen[key.removeprefix(prefix)] = weights.get_tensor(key)
+                else:
+                    trained[key] = weights.get_tensor(key)
+    # The hashes are those of the backbone tensors exactly as the full folder stores them.
+    reference = backbone_reference(
+        frozen, config.llm_name_or_path, None, config.llm_layers, getattr(config, "llm_gguf_file", None)
+    )
+    save_file(trained, str(target / WEIGHTS_FILE), metadata={"format": "pt"})
+    raw = json.loads((source / CONFIG_FILE).read_text(encoding="utf-8"))
+    raw[LLM_REFERENCE_KEY] = reference
+    (target / CONFIG_FILE).write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _write_full_weights(source: Path, target: Path, backbone_path: str | os.PathLike | None) -> None:
+    """Write `target/model.safetensors` and `target/config.json`: the lean folder `source` with its backbone."""
+    kwargs: dict[str, Any] = {} if backbone_path is None else {"backbone_path": backbone_path}
+    model = BalmTsfForForecasting.from_pretrained(source, **kwargs)
+    with tempfile.TemporaryDirectory(prefix="balm-tsf-full-") as scratch:
+        model.save_pretrained(scratch)
+        for name in (WEIGHTS_FILE, CONFIG_FILE):
+            shutil.move(str(Path(scratch) / name), target / name)
+
+
 def prepare_upload_folder(
     folder: str | os.PathLike,
     output_dir: str | os.PathLike,
     repo_id: str | None = None,
     render_card: bool = True,
     license: str = DEFAULT_LICENSE,
+    lean: bool = True,
+    backbone_path: str | os.PathLike | None = None,
 ) -> TrainedFolder:
     r"""
     Copy what a Hub repository should hold from a trained folder into `output_dir`, render its card and validate it.
 
     Copied: the top-level files of `folder` except pickled files (`*.bin`, `*.pt`, `*.pth`, `*.pkl`, `*.pickle`,
     `*.ckpt`, e.g. `training_args.bin`), hidden files and sub-folders (Trainer checkpoints, logs). Files are
-    hard-linked when possible, so large weights are not duplicated on disk.
+    hard-linked when possible, so large weights are not duplicated on disk. `folder` itself is never modified.
+
+    By default the copy is a lean checkpoint: the weights without the frozen backbone, and in `config.json` a
+    reference to that backbone with the SHA-256 of each of its tensors (see `BalmTsfPreTrainedModel.save_pretrained`).
+    The copy is validated by loading it, which rebuilds the backbone from the reference and checks every hash, so a
+    lean copy is only prepared when it loads the very weights of `folder`. A backbone recorded as a local folder
+    (`./name`) cannot be fetched by the users of a Hub repository and needs `lean=False`.
 
     Args:
-        folder (`str` or `os.PathLike`): the trained folder.
+        folder (`str` or `os.PathLike`): the trained folder (full or lean).
         output_dir (`str` or `os.PathLike`): an empty or new folder to fill.
         repo_id (`str`, *optional*): the target repository, for the card.
         render_card (`bool`, *optional*, defaults to `True`):
             Render a fresh `README.md` with [`render_model_card`]; `False` keeps the folder's own `README.md`.
         license (`str`, *optional*, defaults to `"apache-2.0"`): the license in the card's metadata.
+        lean (`bool`, *optional*, defaults to `True`):
+            Prepare a lean copy; `False` prepares a full copy, the backbone's weights included (rebuilt and verified
+            for a lean `folder`).
+        backbone_path (`str` or `os.PathLike`, *optional*):
+            Where to load the backbone from to verify (or, with `lean=False`, to include) it, instead of its recorded
+            reference, e.g. a local copy of the Hub backbone when offline.
 
     Returns:
         [`TrainedFolder`]: the validated contents of `output_dir`.
@@ -555,21 +621,61 @@ def prepare_upload_folder(
         raise ValueError(f"`output_dir` must differ from the trained folder {source}")
     if target.exists() and any(target.iterdir()):
         raise ValueError(f"`output_dir` {target} is not empty")
+    config = _load_config(source)
+    created = not target.exists()
     target.mkdir(parents=True, exist_ok=True)
+    try:
+        trained = _fill_upload_folder(source, target, config, render_card, lean, backbone_path)
+    except BaseException:
+        # Leave no half-prepared folder behind (the user's own `folder` is never touched).
+        for path in list(target.iterdir()):
+            path.unlink() if path.is_file() else shutil.rmtree(path)
+        if created:
+            target.rmdir()
+        raise
+    if render_card:
+        render_model_card(target, repo_id=repo_id, license=license)
+    elif not (target / MODEL_CARD_FILE).is_file():
+        raise FileNotFoundError(f"{source / MODEL_CARD_FILE} is missing and `render_card=False`")
+    return trained
+
+
+def _fill_upload_folder(
+    source: Path,
+    target: Path,
+    config: BalmTsfConfig,
+    render_card: bool,
+    lean: bool,
+    backbone_path: str | os.PathLike | None,
+) -> TrainedFolder:
+    """The copy of [`prepare_upload_folder`], lean or full, validated; the card is rendered by the caller."""
+    source_lean = getattr(config, LLM_REFERENCE_KEY, None) is not None
+    rewrite = lean != source_lean
+    weights = {WEIGHTS_FILE, WEIGHTS_INDEX_FILE} | {path.name for path in _weight_files(source)}
     for path in sorted(source.iterdir()):
         if not path.is_file() or path.name.startswith(".") or path.suffix in PICKLE_SUFFIXES:
             continue
         if render_card and path.name == MODEL_CARD_FILE:
             continue
+        if rewrite and (path.name in weights or path.name == CONFIG_FILE):
+            continue
         try:
             os.link(path, target / path.name)
         except OSError:
             shutil.copy2(path, target / path.name)
-    trained = validate_folder(target)
-    if render_card:
-        render_model_card(target, repo_id=repo_id, license=license)
-    elif not (target / MODEL_CARD_FILE).is_file():
-        raise FileNotFoundError(f"{source / MODEL_CARD_FILE} is missing and `render_card=False`")
+    if rewrite and lean:
+        _write_lean_weights(source, target, config)
+    elif rewrite:
+        _write_full_weights(source, target, backbone_path)
+    try:
+        trained = validate_folder(target, backbone_path=backbone_path)
+    except (OSError, ValueError) as error:
+        if not (lean and not source_lean):
+            raise
+        raise type(error)(
+            f"the lean copy of {source} does not load with the backbone it references, so it is not prepared: "
+            f"{error} To upload the backbone with the model instead, push it in full (`--full`, `lean=False`)."
+        ) from error
     return trained
 
 
@@ -585,6 +691,8 @@ def push_folder_to_hub(
     license: str = DEFAULT_LICENSE,
     endpoint: str | None = None,
     connection_timeout: float = 3.0,
+    lean: bool = True,
+    backbone_path: str | os.PathLike | None = None,
 ) -> HubPushResult:
     r"""
     Push a trained folder (model, tokenizer, preprocessor, training info, results, card) to a Hub model repository.
@@ -592,10 +700,10 @@ def push_folder_to_hub(
     This is how a trained folder is shared. `BalmTsfForForecasting.push_to_hub` (inherited from transformers) pushes
     only the model and its tokenizer, without the fitted scaler, the training record or the results.
 
-    Steps: prepare a copy of the folder without pickled files or sub-folders and with a fresh model card
-    ([`prepare_upload_folder`]), validate it ([`validate_folder`]), then, unless `dry_run`, check that the Hub is
-    reachable ([`check_hub_connection`], a few seconds at most), create the repository (`exist_ok=True`) and upload
-    the prepared folder in one commit.
+    Steps: prepare a copy of the folder without pickled files or sub-folders, lean unless `lean=False`, and with a
+    fresh model card ([`prepare_upload_folder`]), validate it ([`validate_folder`]), then, unless `dry_run`, check
+    that the Hub is reachable ([`check_hub_connection`], a few seconds at most), create the repository
+    (`exist_ok=True`) and upload the prepared folder in one commit.
 
     Args:
         folder (`str` or `os.PathLike`): the trained folder.
@@ -611,6 +719,12 @@ def push_folder_to_hub(
         license (`str`, *optional*, defaults to `"apache-2.0"`): the license in the card's metadata.
         endpoint (`str`, *optional*): the Hub URL; defaults to `HF_ENDPOINT` or `https://huggingface.co`.
         connection_timeout (`float`, *optional*, defaults to 3.0): seconds the connection check may take.
+        lean (`bool`, *optional*, defaults to `True`):
+            Upload a lean checkpoint: the trained weights and a verified reference to the frozen backbone, which
+            loads from the backbone's own Hub repository (or the package that ships it) and forecasts exactly what
+            the full folder forecasts. `False` uploads the backbone's weights too (`balm-tsf push --full`).
+        backbone_path (`str` or `os.PathLike`, *optional*):
+            A local copy of the backbone to verify the lean copy with (see [`prepare_upload_folder`]).
 
     Returns:
         [`HubPushResult`]: the prepared folder and its files, and the commit and repository URLs after a push.
@@ -628,7 +742,15 @@ def push_folder_to_hub(
         raise ValueError(f"`repo_id` must look like 'user/name', got {repo_id!r}")
     if dry_run:
         staging = Path(output_dir) if output_dir is not None else Path(tempfile.mkdtemp(prefix="balm-tsf-push-"))
-        prepare_upload_folder(folder, staging, repo_id=repo_id, render_card=render_card, license=license)
+        prepare_upload_folder(
+            folder,
+            staging,
+            repo_id=repo_id,
+            render_card=render_card,
+            license=license,
+            lean=lean,
+            backbone_path=backbone_path,
+        )
         files = sorted(path.name for path in staging.iterdir())
         return HubPushResult(repo_id=repo_id, folder=staging, files=files, dry_run=True)
 
@@ -636,7 +758,15 @@ def push_folder_to_hub(
     check_hub_connection(endpoint, timeout=connection_timeout)
     with tempfile.TemporaryDirectory(prefix="balm-tsf-push-") as scratch:
         staging = Path(output_dir) if output_dir is not None else Path(scratch) / "upload"
-        prepare_upload_folder(folder, staging, repo_id=repo_id, render_card=render_card, license=license)
+        prepare_upload_folder(
+            folder,
+            staging,
+            repo_id=repo_id,
+            render_card=render_card,
+            license=license,
+            lean=lean,
+            backbone_path=backbone_path,
+        )
         files = sorted(path.name for path in staging.iterdir())
         api = HfApi(endpoint=endpoint, token=token)
         repo_url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")

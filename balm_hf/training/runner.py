@@ -23,6 +23,7 @@ from ..artifacts import FINAL_FOLDER_NAME, collect_training_info, save_experimen
 from ..models.balm_tsf.modeling_balm_tsf import BalmTsfForForecasting
 from .evaluation import forecast_metrics_rows
 from .experiment import ExperimentConfig
+from .fine_tuning import check_source_outside, init_from_record
 from .run_folder import (
     check_output_dir,
     clear_run,
@@ -106,7 +107,8 @@ def run_experiment(
     r"""
     Train and test one experiment and save the Hub-ready folder to `<output_dir>/final`.
 
-    Steps: seed (`transformers.set_seed`), load the splits, build the model, train with [`BalmTsfTrainer`]
+    Steps: seed (`transformers.set_seed`), load the splits, build the model (a new one, or with `model.init_from` the
+    trained checkpoint, recorded as `init_from` in `training_info.json`), train with [`BalmTsfTrainer`]
     (validation every epoch, early stopping, best checkpoint reloaded at the end), forecast the **whole** test split
     once with the best checkpoint, compute MSE/MAE over every test item, step and channel (plus the original's
     drop-last variant if `evaluation.drop_last_test_batch`), and save the folder on the main process.
@@ -140,6 +142,8 @@ def run_experiment(
     overwrite = config.training.overwrite if overwrite is None else overwrite
     if overwrite and resume_from_checkpoint not in (None, False):
         raise ValueError("--overwrite deletes the checkpoints that --resume would continue from: give one of them")
+    if overwrite and config.model.init_from is not None:
+        check_source_outside(config.model.init_from, output_dir)
     check_output_dir(output_dir, resume_from_checkpoint, overwrite)
     resume = resolve_resume_checkpoint(output_dir, resume_from_checkpoint)
 
@@ -184,6 +188,8 @@ def run_experiment(
             mixed_precision="bf16" if trainer.args.bf16 else "no",
             num_processes=trainer.accelerator.num_processes,
         )
+        if config.model.init_from is not None:
+            info["init_from"] = init_from_record(config)
         final_dir = output_dir / FINAL_FOLDER_NAME
         if trainer.is_world_process_zero():
             # `Trainer.model` is typed loosely; it is the `BalmTsfForForecasting` that `build_model` made
