@@ -16,6 +16,9 @@ __version__ = "0.1.0"
 # Each exported name and the submodule that defines it.
 _EXPORTS: dict[str, str] = {
     "validate_folder": "artifacts",
+    "BacktestResult": "backtesting",
+    "backtest": "backtesting",
+    "plot_backtest": "backtesting",
     "BalmTsfDataCollator": "collator",
     "BalmTsfPreprocessor": "data",
     "load_forecasting_dataset": "data",
@@ -27,6 +30,7 @@ _EXPORTS: dict[str, str] = {
     "compute_forecasting_metrics": "metrics",
     "load_forecasting_metric": "metrics",
     "make_compute_metrics": "metrics",
+    "weighted_quantile_loss": "metrics",
     "DEFAULT_BACKBONE": "models.balm_tsf",
     "FAST_MODE_SWITCHES": "models.balm_tsf",
     "PAPER_BACKBONE": "models.balm_tsf",
@@ -46,13 +50,14 @@ _EXPORTS: dict[str, str] = {
 
 # Submodules reachable as attributes (`balm_hf.training.run_experiment`) after a bare `import balm_hf`.
 _SUBMODULES = frozenset(
-    ("artifacts", "cli", "conversion", "data", "forecasting", "hub", "metrics", "models", "training")
+    ("artifacts", "backtesting", "cli", "conversion", "data", "forecasting", "hub", "metrics", "models", "training")
 )
 
 __all__ = [
     "DEFAULT_BACKBONE",
     "FAST_MODE_SWITCHES",
     "PAPER_BACKBONE",
+    "BacktestResult",
     "BalmTsfConfig",
     "BalmTsfDataCollator",
     "BalmTsfForecaster",
@@ -64,6 +69,7 @@ __all__ = [
     "BalmTsfPreprocessor",
     "BalmTsfTrainer",
     "ExperimentConfig",
+    "backtest",
     "compute_forecasting_metrics",
     "evaluate_pretrained",
     "forecast",
@@ -72,20 +78,28 @@ __all__ = [
     "load_forecasting_dataset",
     "load_forecasting_metric",
     "make_compute_metrics",
+    "plot_backtest",
     "plot_forecast",
     "push_folder_to_hub",
     "render_model_card",
     "run_experiment",
     "validate_folder",
+    "weighted_quantile_loss",
 ]
 
 if TYPE_CHECKING:
     from .artifacts import validate_folder
+    from .backtesting import BacktestResult, backtest, plot_backtest
     from .collator import BalmTsfDataCollator
     from .data import BalmTsfPreprocessor, load_forecasting_dataset
     from .forecasting import BalmTsfForecaster, forecast, plot_forecast
     from .hub import push_folder_to_hub, render_model_card
-    from .metrics import compute_forecasting_metrics, load_forecasting_metric, make_compute_metrics
+    from .metrics import (
+        compute_forecasting_metrics,
+        load_forecasting_metric,
+        make_compute_metrics,
+        weighted_quantile_loss,
+    )
     from .models.balm_tsf import (
         DEFAULT_BACKBONE,
         FAST_MODE_SWITCHES,
