@@ -9,9 +9,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from conftest import DATA_DIR
+from test_cli import TINY_OVERRIDES
 
 from balm_hf import BalmTsfPreprocessor, load_forecasting_dataset
+from balm_hf.artifacts import read_eval_results, validate_folder
+from balm_hf.cli import main as cli_main
+from balm_hf.training import evaluate_pretrained
 
 
 FIXTURE_FOLDER = Path(__file__).parent / "fixtures" / "checkpoint_v0_1_0"
@@ -404,3 +409,35 @@ def test_missing_values_are_filled_within_each_series():
     np.testing.assert_array_equal(items["past_observed_mask"][first_b, :3, 0], [0.0, 0.0, 1.0])
     observed = np.delete(frame.loc[frame["item_id"] == "b", "y"].to_numpy()[:28], [0, 1])
     assert masked.preprocessor.series_statistics["b"]["mean"][1] == pytest.approx(observed.mean(), rel=1e-12)
+
+
+# -- training on a long CSV -----------------------------------------------------------------------------------------
+
+
+def etth1_long(rows: int = 400) -> pd.DataFrame:
+    """Three ETTh1 columns as three series of one long frame (`item_id`, `date`, `y`)."""
+    wide = pd.read_csv(DATA_DIR / "ETTh1.csv.gz", nrows=rows)
+    long = wide.melt(id_vars="date", value_vars=["HUFL", "MUFL", "OT"], var_name="item_id", value_name="y")
+    return long[["item_id", "date", "y"]]
+
+
+def test_training_on_a_long_csv_and_reevaluating_the_folder(tmp_path, capsys):
+    csv = tmp_path / "long.csv"
+    etth1_long().to_csv(csv, index=False)
+    run = tmp_path / "run"
+    arguments = ["train", "--data", str(csv), "--target", "y", "--set", "data.id_column=item_id"]
+    status = cli_main([*arguments, "--output-dir", str(run), *TINY_OVERRIDES, "--set", "evaluation.calibrate=false"])
+    assert status == 0, capsys.readouterr().err
+    final = run / "final"
+    trained = validate_folder(final)
+    assert trained.preprocessor is not None and trained.preprocessor.series_ids == ["HUFL", "MUFL", "OT"]
+    saved = json.loads((final / "preprocessor_config.json").read_text())
+    assert saved["scaling"] == "per_series" and saved["id_column"] == "item_id"
+    assert list(saved["series_statistics"]) == ["HUFL", "MUFL", "OT"] and saved["columns"] == ["y"]
+    assert yaml.safe_load((final / "experiment.yaml").read_text())["data"]["id_column"] == "item_id"
+    rows = read_eval_results(final / "eval_results.json")
+    # each series' test split: its last int(0.2 * 400) = 80 rows, 80 - 16 + 1 = 65 windows, x 3 series
+    assert [row["num_items"] for row in rows] == [195]
+    # re-evaluating the folder reloads the long CSV with the saved data settings and gives its numbers exactly
+    reevaluated, _ = evaluate_pretrained(final, output_dir=tmp_path / "scratch")
+    assert reevaluated == rows
