@@ -16,6 +16,7 @@ from test_cli import TINY_OVERRIDES
 from balm_hf import BalmTsfPreprocessor, load_forecasting_dataset
 from balm_hf.artifacts import read_eval_results, validate_folder
 from balm_hf.cli import main as cli_main
+from balm_hf.data import item_series_index
 from balm_hf.training import evaluate_pretrained
 
 
@@ -180,6 +181,7 @@ def test_a_wide_dataframe_loads_exactly_like_its_csv(tmp_path, etth1_slice, date
         assert got.pop("date_format") is None and expected.pop("date_format") == "%Y-%m-%d %H:%M:%S"
     assert got == expected
     assert from_frame.preprocessor.dataset_name == "dataframe" and from_frame.preprocessor.scaling == "global"
+    assert item_series_index(from_frame["test"]) is None
 
 
 def test_a_dataframe_is_checked_like_a_csv(etth1_slice):
@@ -283,6 +285,8 @@ def test_long_data_is_split_and_scaled_per_series_exactly_as_by_hand():
         np.testing.assert_array_equal(items["window_index"], np.tile(np.arange(num_windows), 2))
     # train: (28 - 9 + 1) + (35 - 9 + 1) windows of 2 channels
     assert splits["train"].num_rows == 2 * (20 + 27)
+    np.testing.assert_array_equal(item_series_index(splits["test"]), expected["test"][2])
+    np.testing.assert_array_equal(item_series_index(splits["test"].select([5, 0])), expected["test"][2][[5, 0]])
 
 
 def test_rows_of_series_may_interleave_and_a_long_csv_loads_like_the_frame(tmp_path):

@@ -13,7 +13,7 @@ from .preprocessing import SCALING_MODES, BalmTsfPreprocessor
 from .reading import DATA_DIR_ENV
 from .splits import SPLITS, compute_split_borders, cutoff_split_borders, get_split_config, list_benchmarks
 from .timestamps import DUPLICATE_MODES, check_increasing, infer_frequency, parse_timestamps
-from .windows import INDEX_FEATURES, BalmTsfDatasetDict, BalmTsfWindowTransform
+from .windows import INDEX_FEATURES, BalmTsfDatasetDict, BalmTsfWindowTransform, item_series_index
 
 
 def __getattr__(name: str) -> Any:
@@ -42,6 +42,7 @@ __all__ = [
     "cutoff_split_borders",
     "get_split_config",
     "infer_frequency",
+    "item_series_index",
     "list_benchmarks",
     "load_forecasting_dataset",
     "parse_timestamps",

@@ -92,6 +92,18 @@ class BalmTsfWindowTransform:
         return output
 
 
+def item_series_index(dataset: datasets.Dataset) -> np.ndarray | None:
+    """
+    The series (position in `preprocessor.series_ids`) of every item of a split of long data, in the split's item
+    order, read from its index without cutting any window; `None` for a split of one wide series.
+    """
+    transform = (dataset.format.get("format_kwargs") or {}).get("transform")
+    if not isinstance(transform, BalmTsfWindowTransform) or transform.window_series is None:
+        return None
+    windows = np.asarray(dataset.with_format("numpy")["window_index"], dtype=np.int64)
+    return transform.window_series[windows]
+
+
 class BalmTsfDatasetDict(datasets.DatasetDict):
     r"""
     A `DatasetDict` of forecasting splits that also carries the fitted [`BalmTsfPreprocessor`] as `preprocessor`.
