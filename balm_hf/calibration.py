@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -16,6 +17,8 @@ from safetensors.torch import load_file, save_file
 
 
 CALIBRATION_FILE = "conformal_calibration.safetensors"
+# What `evaluate_intervals` (`balm-tsf calibrate --evaluate-test`) writes: test coverage, width and WQL of intervals.
+INTERVAL_RESULTS_FILE = "interval_results.json"
 CALIBRATE_COMMAND = "balm-tsf calibrate FOLDER"
 _FORMAT_VERSION = "1"
 
@@ -43,6 +46,16 @@ def conformal_rank(num_residuals: int, level: float) -> int:
     position = round(position, 9)
     rank = math.ceil(position) if level >= 0.5 else math.floor(position)
     return min(max(rank, 1), num_residuals)
+
+
+def windows_needed(level: float) -> int:
+    """The fewest residuals that resolve `level`: `ceil(1 / min(level, 1 - level)) - 1` (19 for 0.05 and 0.95)."""
+    return math.ceil(round(1.0 / min(level, 1.0 - level), 9)) - 1
+
+
+def supported_levels(num_residuals: int, levels: Sequence[float] = DEFAULT_LEVELS) -> list[float]:
+    """The `levels` that `num_residuals` held-out residuals resolve ([`windows_needed`]), in increasing order."""
+    return sorted(float(level) for level in levels if windows_needed(float(level)) <= num_residuals)
 
 
 def _check_levels(levels: Sequence[float], name: str) -> list[float]:
@@ -142,7 +155,7 @@ class ConformalCalibration:
             raise ValueError("`residuals` holds infinite values: a forecast or target was not finite")
         levels = sorted(_check_levels(levels, "levels"))
         counts = (~np.isnan(residuals)).sum(axis=0)
-        needed = math.ceil(1.0 / min(min(levels), 1.0 - max(levels))) - 1
+        needed = max(windows_needed(min(levels)), windows_needed(max(levels)))
         if counts.min() < needed:
             step, channel = (int(v) for v in np.argwhere(counts == counts.min())[0])
             raise ValueError(
@@ -257,6 +270,79 @@ class ConformalCalibration:
         )
 
 
+def calibrate_folder(
+    folder: str | os.PathLike,
+    split: str = "validation",
+    levels: Sequence[float] | None = None,
+    batch_size: int | None = None,
+    overwrite: bool = False,
+    data_dir: str | os.PathLike | None = None,
+) -> ConformalCalibration:
+    r"""
+    Calibrate the prediction intervals of a trained folder on its validation split and save
+    `conformal_calibration.safetensors` into it (what `balm-tsf calibrate FOLDER` does).
+
+    The folder's data is reloaded as re-evaluation does (its saved experiment's dataset, split borders, columns and
+    eval batch size), every window of `split` is forecast and the conformal quantiles of the residuals are stored per
+    level, horizon step and channel. See [`balm_hf.training.intervals.calibrate_folder`] for the arguments.
+
+    Example:
+
+    ```python
+    >>> from balm_hf.calibration import calibrate_folder
+    >>> calibration = calibrate_folder("outputs/balm-tsf-default-etth1-96-96/final")  # doctest: +SKIP
+    >>> calibration.offsets_for([0.05, 0.95]).shape  # doctest: +SKIP
+    (2, 96, 7)
+    ```
+    """
+    from .training.intervals import calibrate_folder as calibrate
+
+    return calibrate(folder, split=split, levels=levels, batch_size=batch_size, overwrite=overwrite, data_dir=data_dir)
+
+
+def evaluate_intervals(
+    folder: str | os.PathLike,
+    levels: Sequence[float] = (0.8, 0.9),
+    batch_size: int | None = None,
+    overwrite: bool = False,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    r"""
+    Forecast the whole test split of a calibrated folder and write the empirical coverage and mean width of its
+    central `levels` intervals and its weighted quantile loss, beside a seasonal-naive reference calibrated the same
+    way, to `interval_results.json` (what `balm-tsf calibrate FOLDER --evaluate-test` adds). See
+    [`balm_hf.training.intervals.evaluate_intervals`] for the other arguments.
+    """
+    from .training.intervals import evaluate_intervals as evaluate
+
+    return evaluate(folder, levels=levels, batch_size=batch_size, overwrite=overwrite, **kwargs)
+
+
+def calibration_sha256(folder: str | os.PathLike) -> str:
+    """The SHA-256 of a folder's calibration file, which `interval_results.json` records to name its calibration."""
+    digest = hashlib.sha256()
+    with open(Path(folder) / CALIBRATION_FILE, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def interval_table(results: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The header and the rows of the table of an `interval_results.json`: per model, the coverage and mean width
+    (standardised) of each central interval and the WQL."""
+    levels = [f"{float(level):g}" for level in results["interval_levels"]]
+    header = ["model"]
+    for level in levels:
+        header += [f"coverage {float(level) * 100:g}%", f"width {float(level) * 100:g}%"]
+    rows = []
+    for model in results["models"]:
+        cells = [str(model["model"])]
+        for level in levels:
+            cells += [f"{model['coverage'][level]:.3f}", f"{model['width'][level]:.3f}"]
+        rows.append(cells + [f"{model['wql']:.4f}"])
+    return header + ["WQL"], rows
+
+
 def _missing_message(source: str) -> str:
     return (
         f"{source} has no prediction-interval calibration ({CALIBRATION_FILE}), so it gives point forecasts only; "
@@ -267,7 +353,14 @@ def _missing_message(source: str) -> str:
 __all__ = [
     "CALIBRATION_FILE",
     "DEFAULT_LEVELS",
+    "INTERVAL_RESULTS_FILE",
     "ConformalCalibration",
     "MissingCalibrationError",
+    "calibrate_folder",
+    "calibration_sha256",
     "conformal_rank",
+    "evaluate_intervals",
+    "interval_table",
+    "supported_levels",
+    "windows_needed",
 ]

@@ -713,22 +713,16 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
 
 def format_interval_table(results: Mapping[str, Any]) -> str:
-    """A markdown table of `interval_results.json`: coverage and width per interval level, and the WQL, per model."""
-    levels = [f"{float(level):g}" for level in results["interval_levels"]]
-    header = ["model"]
-    for level in levels:
-        percent = f"{float(level) * 100:g}%"
-        header += [f"coverage {percent}", f"width {percent}"]
-    header.append("WQL")
+    """A markdown table of `interval_results.json` (coverage and width per interval level, and the WQL, per model)."""
+    from .calibration import interval_table
+
+    header, rows = interval_table(results)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for model in results["models"]:
-        cells = [str(model["model"])]
-        for level in levels:
-            cells += [f"{model['coverage'][level]:.3f}", f"{model['width'][level]:.3f}"]
-        cells.append(f"{model['wql']:.4f}")
-        lines.append("| " + " | ".join(cells) + " |")
-    split = results.get("split", "test")
-    note = f"{results.get('dataset')} {split} split, {results.get('num_windows')} windows; width standardised\n"
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    note = (
+        f"{results.get('dataset')} {results.get('split', 'test')} split, {results.get('num_windows')} windows; "
+        "coverage of the observed values, width standardised, WQL in the data's units\n"
+    )
     return "\n".join(lines) + "\n" + note
 
 
@@ -769,6 +763,15 @@ _COMMANDS = {
         None,
         add_evaluate_arguments,
         run_evaluate,
+    ),
+    "calibrate": _Command(
+        "calibrate prediction intervals of a trained folder",
+        "Forecast every window of a trained folder's validation split and save the split-conformal calibration of "
+        "its prediction intervals (conformal_calibration.safetensors) into the folder; with --evaluate-test, also "
+        "score the intervals on the whole test split (interval_results.json).",
+        None,
+        add_calibrate_arguments,
+        run_calibrate,
     ),
     "backtest": _Command(
         "backtest a trained model on the end of your series",

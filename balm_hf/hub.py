@@ -37,6 +37,7 @@ from .artifacts import (
     _weight_files,
     validate_folder,
 )
+from .calibration import ConformalCalibration, interval_table
 from .data import get_split_config
 from .models.balm_tsf.backbones import _PACKAGED_BACKBONES, PAPER_BACKBONE
 from .models.balm_tsf.configuration_balm_tsf import BalmTsfConfig
@@ -187,12 +188,81 @@ def _eval_results(rows: list[dict[str, Any]]) -> list[EvalResult]:
     return results
 
 
+def _interval_eval_results(results: dict[str, Any]) -> list[EvalResult]:
+    """`EvalResult`s of the model's prediction intervals in `interval_results.json`: coverage and width per central
+    interval, and the WQL; the setting (context, horizon, calibration split) goes into the dataset config."""
+    if not results or not results.get("models"):
+        return []
+    model = results["models"][0]
+    setting = f"L{results.get('context_length')}-H{results.get('prediction_length')}"
+    metrics: list[tuple[str, str, Any]] = []
+    for level in results.get("interval_levels", []):
+        key, percent = f"{float(level):g}", f"{float(level) * 100:g}"
+        metrics.append((f"coverage_{percent}", f"Coverage of the {percent}% interval", model["coverage"][key]))
+        metrics.append(
+            (f"interval_width_{percent}", f"Mean width of the {percent}% interval (standardised)", model["width"][key])
+        )
+    metrics.append(("wql", "WQL (levels 0.1-0.9, data units)", model.get("wql")))
+    dataset = str(results.get("dataset"))
+    return [
+        EvalResult(
+            task_type="time-series-forecasting",
+            task_name="Time Series Forecasting",
+            dataset_type=dataset,
+            dataset_name=f"{dataset} ({setting}, prediction intervals)",
+            dataset_config=f"{setting}-intervals",
+            dataset_split=str(results.get("split", "test")),
+            dataset_args={
+                "context_length": results.get("context_length"),
+                "prediction_length": results.get("prediction_length"),
+                "calibration_split": results.get("calibration_split"),
+                "calibration_windows": model.get("calibration_windows"),
+                "num_windows": results.get("num_windows"),
+            },
+            metric_type=metric_type,
+            metric_name=name,
+            metric_value=float(value),
+        )
+        for metric_type, name, value in metrics
+        if _finite_or_none(value) is not None
+    ]
+
+
+def _interval_context(trained: TrainedFolder, repo_id: str | None) -> dict[str, Any]:
+    """What the card says about prediction intervals: the calibration, and the table of `interval_results.json`."""
+    calibration, results = trained.calibration, trained.interval_results
+    context: dict[str, Any] = {
+        "calibrated": calibration is not None,
+        # a local folder by its path; a Hub repository must be downloaded to a folder first
+        "command": f"balm-tsf calibrate {trained.path.resolve() if repo_id is None else 'FOLDER'}",
+    }
+    if calibration is None:
+        return context
+    context.update(
+        num_windows=calibration.num_windows,
+        split=calibration.split,
+        lowest=f"{calibration.levels[0]:g}",
+        highest=f"{calibration.levels[-1]:g}",
+    )
+    if results:
+        header, rows = interval_table(results)
+        context.update(
+            header=header,
+            rows=rows,
+            test_split=results.get("split", "test"),
+            test_windows=results.get("num_windows"),
+            season=results.get("season"),
+        )
+    return context
+
+
 def _limitations(
     config: BalmTsfConfig,
     backbone: str,
     dataset_name: str | None,
     folded: bool,
     fine_tuned_from: dict[str, Any] | None = None,
+    calibration: ConformalCalibration | None = None,
 ) -> list[str]:
     items = []
     if config.text_branch == "no_llm":
@@ -222,8 +292,20 @@ def _limitations(
             f"blocks, width {config.d_llm}) instead of the paper's GPT-2 (`{PAPER_BACKBONE}`, first 6 blocks); its "
             "numbers are not directly comparable with the paper's."
         )
+    if calibration is None:
+        uncertainty = (
+            "Point forecasts only: no prediction-interval calibration was saved with this checkpoint (`balm-tsf "
+            "calibrate FOLDER` adds one from the validation split)"
+        )
+    else:
+        uncertainty = (
+            "Prediction intervals are split-conformal: valid on average when future forecast errors are exchangeable "
+            "with the validation errors (not under drift or for a single window), per horizon step and channel (not "
+            "for a whole trajectory at once)"
+        )
     items.append(
-        "Point forecasts only (no uncertainty), no covariates or calendar features"
+        uncertainty
+        + "; no covariates or calendar features"
         + (", and every channel is forecast on its own (no cross-channel information)." if folded else ".")
     )
     if fine_tuned_from is None:
@@ -385,7 +467,8 @@ def _card_context(trained: TrainedFolder, repo_id: str | None) -> dict[str, Any]
         "experiment_yaml": yaml.safe_dump(experiment, sort_keys=False).rstrip() if experiment else "",
         "results": trained.eval_rows,
         "fine_tuned_from": fine_tuned_from,
-        "limitations": _limitations(config, backbone, dataset_name, folded, fine_tuned_from),
+        "intervals": _interval_context(trained, repo_id),
+        "limitations": _limitations(config, backbone, dataset_name, folded, fine_tuned_from, trained.calibration),
     }
 
 
@@ -427,6 +510,7 @@ def render_model_card(
     context = _card_context(trained, repo_id)
     config = trained.config
     dataset_name = context["dataset_name"]
+    interval_rows = _interval_eval_results(trained.interval_results)
     # A fine-tuned model's base is the Hub checkpoint it started from, else the backbone.
     fine_tuned_from = context["fine_tuned_from"]
     base_model = config.llm_name_or_path if _is_hub_id(config.llm_name_or_path) else None
@@ -442,9 +526,9 @@ def render_model_card(
         tags=tags,
         datasets=[str(dataset_name)] if dataset_name else None,
         base_model=base_model,
-        metrics=["mse", "mae"] if trained.eval_rows else None,
+        metrics=(["mse", "mae"] if trained.eval_rows else []) + (["coverage", "wql"] if interval_rows else []) or None,
         model_name=context["model_name"],
-        eval_results=_eval_results(trained.eval_rows) or None,
+        eval_results=_eval_results(trained.eval_rows) + interval_rows or None,
     )
     template = Path(template_path) if template_path is not None else model_card_template_path()
     if not template.is_file():
@@ -668,7 +752,7 @@ def _fill_upload_folder(
     elif rewrite:
         _write_full_weights(source, target, backbone_path)
     try:
-        trained = validate_folder(target, backbone_path=backbone_path)
+        trained = validate_folder(target, backbone_path=backbone_path if lean else None)
     except (OSError, ValueError) as error:
         if not (lean and not source_lean):
             raise
