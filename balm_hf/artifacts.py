@@ -29,11 +29,13 @@ from transformers import (
     AutoTokenizer,
 )
 
+from .calibration import CALIBRATION_FILE, INTERVAL_RESULTS_FILE, ConformalCalibration, calibration_sha256
 from .data import (
     BalmTsfPreprocessor,
 )
 from .models.balm_tsf.configuration_balm_tsf import BalmTsfConfig
 from .models.balm_tsf.modeling_balm_tsf import (
+    LLM_REFERENCE_KEY,
     BalmTsfForForecasting,
     check_tokenizer_fits_backbone,
     prepare_tokenizer,
@@ -250,14 +252,16 @@ def save_experiment_folder(
     experiment: Any,
     training_info: Mapping[str, Any],
     eval_rows: Sequence[Mapping[str, Any]],
+    save_backbone: bool = True,
 ) -> Path:
     r"""
     Save the Hub-ready folder: `save_pretrained` (config with `auto_map`, weights, tokenizer, modeling code),
     `preprocessor_config.json`, `experiment.yaml`, `training_info.json`, `eval_results.json` and `eval_results.csv`.
+    `save_backbone=False` writes a lean checkpoint (the frozen backbone by reference, see `save_pretrained`).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
+    model.save_pretrained(folder, save_backbone=save_backbone)
     preprocessor.save_pretrained(folder)
     (folder / EXPERIMENT_FILE).write_text(experiment.to_yaml(), encoding="utf-8")
     (folder / TRAINING_INFO_FILE).write_text(json.dumps(training_info, indent=2) + "\n", encoding="utf-8")
@@ -316,6 +320,12 @@ class TrainedFolder:
         experiment (`dict`): `experiment.yaml` (empty when absent and not required).
         eval_rows (`list[dict]`): the rows of `eval_results.json` (empty when absent and not required).
         weight_files (`list[str]`): the safetensors files holding the weights.
+        lean (`bool`): a lean checkpoint: the weights leave out the frozen backbone, which `config.json`'s
+            `llm_reference` names and hashes (see `BalmTsfPreTrainedModel.save_pretrained`).
+        calibration ([`~calibration.ConformalCalibration`], *optional*): the prediction-interval calibration
+            (`conformal_calibration.safetensors`), when the folder has one.
+        interval_results (`dict`): `interval_results.json` (test coverage, width and WQL of the intervals), when the
+            folder has one.
     """
 
     path: Path
@@ -325,6 +335,9 @@ class TrainedFolder:
     experiment: dict[str, Any] = field(default_factory=dict)
     eval_rows: list[dict[str, Any]] = field(default_factory=list)
     weight_files: list[str] = field(default_factory=list)
+    lean: bool = False
+    calibration: ConformalCalibration | None = None
+    interval_results: dict[str, Any] = field(default_factory=dict)
 
 
 def _as_folder(folder: str | os.PathLike) -> Path:
@@ -496,6 +509,20 @@ def _check_weights(folder: Path, config: BalmTsfConfig) -> list[Path]:
     with torch.device("meta"):
         expected_model = BalmTsfForForecasting(config)
     expected = {key: tuple(tensor.shape) for key, tensor in expected_model.state_dict().items()}
+    reference = getattr(config, LLM_REFERENCE_KEY, None)
+    if reference is not None:
+        # A lean checkpoint: the frozen backbone is referenced by name and hashes, not stored.
+        prefix = expected_model._backbone_prefix()
+        frozen = {key.removeprefix(prefix) for key in expected if key.startswith(prefix)}
+        hashes = reference.get("sha256") if isinstance(reference, dict) else None
+        if not isinstance(hashes, dict) or set(hashes) != frozen:
+            listed = set(hashes) if isinstance(hashes, dict) else set()
+            raise ValueError(
+                f"{folder / CONFIG_FILE}: `{LLM_REFERENCE_KEY}` must hash every tensor of the backbone that "
+                f"`llm_config` describes ({len(frozen)} tensors; not hashed: {sorted(frozen - listed)[:3]}, unknown: "
+                f"{sorted(listed - frozen)[:3]})"
+            )
+        expected = {key: shape for key, shape in expected.items() if not key.startswith(prefix)}
     missing = sorted(set(expected) - set(stored))
     unexpected = sorted(set(stored) - set(expected))
     mismatched = sorted(key for key in set(expected) & set(stored) if expected[key] != stored[key])
@@ -511,9 +538,14 @@ def _check_weights(folder: Path, config: BalmTsfConfig) -> list[Path]:
         if unexpected:
             problems.append(f"{len(unexpected)} tensors are unexpected (e.g. {unexpected[:3]})")
         names = ", ".join(str(path) for path in files)
+        kind = (
+            " (a lean checkpoint, whose weights leave out the frozen backbone that `llm_reference` names)"
+            if reference is not None
+            else ""
+        )
         raise ValueError(
-            f"{names} does not match {folder / CONFIG_FILE}: {'; '.join(problems)}. The weights come from a model "
-            "with a different configuration."
+            f"{names} does not match {folder / CONFIG_FILE}{kind}: {'; '.join(problems)}. The weights come from a "
+            "model with a different configuration."
         )
     return files
 
@@ -540,11 +572,51 @@ def _check_remote_code(folder: Path) -> None:
         pending.extend(re.findall(r"^\s*from\s+\.(\w+)\s+import", source.read_text(encoding="utf-8"), re.MULTILINE))
 
 
+def _load_calibration(
+    folder: Path, config: BalmTsfConfig, preprocessor: BalmTsfPreprocessor | None
+) -> ConformalCalibration | None:
+    """The folder's interval calibration, checked against the model's horizon and the preprocessor's columns."""
+    path = folder / CALIBRATION_FILE
+    if not path.is_file():
+        return None
+    calibration = ConformalCalibration.from_file(path)  # a ValueError naming the file when it does not load
+    if calibration.prediction_length != config.prediction_length:
+        raise ValueError(
+            f"{path} calibrates {calibration.prediction_length} horizon steps but {folder / CONFIG_FILE} has "
+            f"`prediction_length`={config.prediction_length}: the calibration belongs to another model"
+        )
+    if preprocessor is not None and calibration.columns != list(preprocessor.columns):
+        raise ValueError(
+            f"{path} calibrates the columns {calibration.columns} but {folder / PREPROCESSOR_FILE} has "
+            f"{list(preprocessor.columns)}: the calibration belongs to another model"
+        )
+    return calibration
+
+
+def _load_interval_results(folder: Path, calibration: ConformalCalibration | None) -> dict[str, Any]:
+    """`interval_results.json`, which must belong to the calibration the folder holds (its recorded SHA-256)."""
+    path = folder / INTERVAL_RESULTS_FILE
+    if not path.is_file():
+        return {}
+    results = _read_json(path)
+    if not isinstance(results, dict) or not isinstance(results.get("models"), list):
+        raise ValueError(f'{path} must hold a JSON object with a "models" list')
+    if calibration is None:
+        raise ValueError(f"{path} reports prediction intervals but {folder / CALIBRATION_FILE} is missing")
+    if results.get("calibration_sha256") != calibration_sha256(folder):
+        raise ValueError(
+            f"{path} was computed with another calibration than {folder / CALIBRATION_FILE}; recompute it with "
+            f"`balm-tsf calibrate {folder} --evaluate-test --overwrite`"
+        )
+    return results
+
+
 def _read_folder(folder: str | os.PathLike, strict: bool) -> TrainedFolder:
     path = _as_folder(folder)
     config = _load_config(path)
     preprocessor_path = path / PREPROCESSOR_FILE
     preprocessor = _load_preprocessor(path, config) if strict or preprocessor_path.is_file() else None
+    calibration = _load_calibration(path, config, preprocessor)
     return TrainedFolder(
         path=path,
         config=config,
@@ -552,10 +624,13 @@ def _read_folder(folder: str | os.PathLike, strict: bool) -> TrainedFolder:
         training_info=_load_training_info(path, required=strict),
         experiment=_load_experiment(path, required=strict),
         eval_rows=_load_eval_rows(path, config, required=strict),
+        lean=getattr(config, LLM_REFERENCE_KEY, None) is not None,
+        calibration=calibration,
+        interval_results=_load_interval_results(path, calibration),
     )
 
 
-def validate_folder(folder: str | os.PathLike) -> TrainedFolder:
+def validate_folder(folder: str | os.PathLike, backbone_path: str | os.PathLike | None = None) -> TrainedFolder:
     r"""
     Check that a trained folder holds every file of the checkpoint contract and that each one loads.
 
@@ -564,17 +639,23 @@ def validate_folder(folder: str | os.PathLike) -> TrainedFolder:
     - `config.json` with `model_type = "balm_tsf"` and an `auto_map`, plus the modeling code it names
       (`modeling_balm_tsf.py` and its relative imports), so the folder loads with `trust_remote_code=True`;
     - `model.safetensors` (or a safetensors index and its shards) whose tensors have exactly the names and shapes of
-      the model `config.json` describes. Weights are only read as safetensors, never unpickled;
+      the model `config.json` describes. Weights are only read as safetensors, never unpickled. A lean checkpoint
+      (`config.json` with an `llm_reference`) holds every tensor but the frozen backbone's, and its reference hashes
+      every tensor of that backbone; loading it rebuilds the backbone and checks the hashes;
     - the tokenizer files of the backbone;
     - `preprocessor_config.json` (the fitted scaler) for as many columns as the model has channels (or any number for
       a channel-independent model) and for the model's context and horizon;
     - `experiment.yaml`, `training_info.json` (with every key of `TRAINING_INFO_KEYS`), `eval_results.json` (rows for
-      this model's context and horizon) and `eval_results.csv`.
+      this model's context and horizon) and `eval_results.csv`;
+    - when present, `conformal_calibration.safetensors` (the prediction-interval calibration) for the preprocessor's
+      columns and the model's horizon, and `interval_results.json` computed with that calibration.
 
     Finally the model is loaded from the folder and run once on a synthetic window.
 
     Args:
         folder (`str` or `os.PathLike`): the trained folder.
+        backbone_path (`str` or `os.PathLike`, *optional*):
+            For a lean checkpoint: where to load its frozen backbone from instead of its recorded reference.
 
     Returns:
         [`TrainedFolder`]: the parsed configuration, preprocessor, training info, experiment and evaluation rows.
@@ -599,7 +680,8 @@ def validate_folder(folder: str | os.PathLike) -> TrainedFolder:
     except ValueError as error:
         raise ValueError(f"{path}: the tokenizer files do not fit the backbone: {error}") from error
 
-    model = BalmTsfForForecasting.from_pretrained(path, use_safetensors=True)
+    load_kwargs: dict[str, Any] = {} if backbone_path is None else {"backbone_path": backbone_path}
+    model = BalmTsfForForecasting.from_pretrained(path, use_safetensors=True, **load_kwargs)
     if model.tokenizer is None:
         raise FileNotFoundError(f"{path}: the model loaded without a tokenizer; save the tokenizer next to it")
     config = trained.config

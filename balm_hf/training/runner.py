@@ -24,6 +24,7 @@ from ..models.balm_tsf.modeling_balm_tsf import BalmTsfForForecasting
 from .evaluation import forecast_metrics_rows
 from .experiment import ExperimentConfig
 from .fine_tuning import check_source_outside, init_from_record
+from .intervals import calibrate_after_training, write_interval_files
 from .run_folder import (
     check_output_dir,
     clear_run,
@@ -111,7 +112,9 @@ def run_experiment(
     trained checkpoint, recorded as `init_from` in `training_info.json`), train with [`BalmTsfTrainer`]
     (validation every epoch, early stopping, best checkpoint reloaded at the end), forecast the **whole** test split
     once with the best checkpoint, compute MSE/MAE over every test item, step and channel (plus the original's
-    drop-last variant if `evaluation.drop_last_test_batch`), and save the folder on the main process.
+    drop-last variant if `evaluation.drop_last_test_batch`), with `evaluation.calibrate` forecast the whole validation
+    split to calibrate prediction intervals and score them on the test forecasts (`conformal_calibration.safetensors`,
+    `interval_results.json`; [`~intervals.calibrate_after_training`]), and save the folder on the main process.
 
     The output folder is protected: a folder that holds anything (a finished or interrupted run) is refused unless
     resuming or overwriting, and the main process holds a lock in it for the whole run, so that a second run into the
@@ -175,6 +178,9 @@ def run_experiment(
             percent=config.data.percent,
             drop_last_batch_size=drop_last_batch_size,
         )
+        calibration = intervals = None
+        if config.evaluation.calibrate:
+            calibration, intervals = calibrate_after_training(trainer, splits, forecasts, config.name)
         state = trainer.state
         best_checkpoint = Path(state.best_model_checkpoint).name if state.best_model_checkpoint else None
         info = collect_training_info(
@@ -196,7 +202,11 @@ def run_experiment(
             final_model = typing.cast(BalmTsfForForecasting, trainer.model)
 
             def write_final(folder: Path) -> None:
-                save_experiment_folder(folder, final_model, preprocessor, config, info, rows)
+                save_experiment_folder(
+                    folder, final_model, preprocessor, config, info, rows, save_backbone=config.training.save_backbone
+                )
+                if calibration is not None:
+                    write_interval_files(folder, calibration, intervals)
                 render_model_card_if_available(folder)
 
             write_folder_atomically(final_dir, write_final)
