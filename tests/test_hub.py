@@ -327,7 +327,8 @@ def test_dry_run_prepares_a_folder_that_loads_without_the_package(folder_copy, t
     (folder_copy / "checkpoint-10" / "model.safetensors").write_bytes(b"stale")
 
     staging = tmp_path / "upload"
-    result = push_folder_to_hub(folder_copy, "someone/balm-tsf-etth1", dry_run=True, output_dir=staging)
+    # The tiny folder's random backbone exists nowhere else: it is pushed in full (lean pushes: test_lean_checkpoints).
+    result = push_folder_to_hub(folder_copy, "someone/balm-tsf-etth1", dry_run=True, output_dir=staging, lean=False)
     assert result.dry_run and result.commit_url is None and result.folder == staging
     assert "training_args.bin" not in result.files and "checkpoint-10" not in result.files
     assert {"README.md", "model.safetensors", "preprocessor_config.json", "eval_results.csv"} <= set(result.files)
@@ -426,7 +427,7 @@ def test_push_creates_the_repo_and_uploads_the_prepared_folder(trained_folder, m
     monkeypatch.setattr("balm_hf.hub.HfApi", RecordingApi)
     monkeypatch.setattr("balm_hf.hub.check_hub_connection", lambda endpoint=None, timeout=3.0: None)
     result = push_folder_to_hub(
-        trained_folder, "someone/balm-tsf-etth1", token="hf_test", private=True, commit_message="first"
+        trained_folder, "someone/balm-tsf-etth1", token="hf_test", private=True, commit_message="first", lean=False
     )
     assert calls["init"]["token"] == "hf_test"
     assert calls["create_repo"] == {
@@ -450,8 +451,9 @@ def test_push_rejects_a_malformed_repo_id(trained_folder):
 def test_push_cli_dry_run_and_offline_error(trained_folder, tmp_path, capsys, monkeypatch):
     staging = tmp_path / "upload"
     status = cli_main(
-        ["push", "--folder", str(trained_folder), "--repo-id", "someone/x", "--dry-run", "--output-dir", str(staging)]
-    )
+        ["push", "--folder", str(trained_folder), "--repo-id", "someone/x", "--dry-run", "--output-dir", str(staging),
+         "--full"]
+    )  # fmt: skip
     assert status == 0
     assert "nothing was uploaded" in capsys.readouterr().out
     assert (staging / "README.md").is_file()
@@ -483,7 +485,7 @@ def test_folder_from_balm_tsf_train_validates_pushes_and_forecasts(tmp_path):
 
     trained = validate_folder(final)
     assert trained.eval_rows and trained.training_info["experiment"]["name"] == "tiny-etth1"
-    result = push_folder_to_hub(final, "someone/tiny-etth1", dry_run=True, output_dir=tmp_path / "upload")
+    result = push_folder_to_hub(final, "someone/tiny-etth1", dry_run=True, output_dir=tmp_path / "upload", lean=False)
     metadata = split_card((result.folder / "README.md").read_text(encoding="utf-8"))
     assert metadata["model-index"][0]["results"][0]["metrics"][0]["value"] == trained.eval_rows[0]["mse"]
 

