@@ -13,6 +13,7 @@ import math
 import os
 import tempfile
 import time
+import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from ..calibration import (
     calibration_sha256,
     supported_levels,
 )
+from ..data import item_series_index
 from ..metrics import weighted_quantile_loss
 from .trainer import ForecastOutput, canonical_item_order
 
@@ -237,8 +239,9 @@ def interval_scores(
         predictions (`np.ndarray` of shape `[windows, prediction_length, channels]`): standardised forecasts.
         references (`np.ndarray` of the same shape): standardised targets, NaN where not observed.
         calibration ([`ConformalCalibration`]): the offsets of the intervals.
-        mean (`np.ndarray` of shape `[channels]`), std (`np.ndarray` of shape `[channels]`): the scaler, to express
-            widths and the WQL in the data's units.
+        mean (`np.ndarray` of shape `[channels]` or `[windows, channels]`), std (`np.ndarray` of the same shape):
+            The scaler (of each window's series, for data scaled per series), to express widths and the WQL in the
+            data's units.
         interval_levels (`Sequence[float]`): central intervals (`0.9`: between the quantiles 0.05 and 0.95).
         wql_levels (`Sequence[float]`): the quantile levels of the WQL.
 
@@ -261,8 +264,9 @@ def interval_scores(
             f"the forecasts have prediction_length and channels {predictions.shape[1:]} but the calibration has "
             f"{calibration.offsets.shape[1:]}"
         )
-    mean = np.asarray(mean, dtype=np.float64)
-    std = np.asarray(std, dtype=np.float64)
+    # [channels] (one scaler) or [windows, channels] (each window's series), as [windows or 1, 1, channels]
+    mean = np.asarray(mean, dtype=np.float64).reshape(-1, 1, predictions.shape[2])
+    std = np.asarray(std, dtype=np.float64).reshape(-1, 1, predictions.shape[2])
     observed = ~np.isnan(references)
     if not observed.any():
         raise ValueError("no observed target to evaluate the intervals on")
@@ -296,7 +300,7 @@ def interval_scores(
             float(value) for value in inside.sum(axis=(0, 2)) / np.maximum(observed.sum(axis=(0, 2)), 1)
         ]
     offsets = calibration.offsets_for(list(wql_levels)).transpose(1, 2, 0)  # [H, C, levels]
-    quantiles = (predictions[..., None] + offsets[None]) * std[:, None] + mean[:, None]
+    quantiles = (predictions[..., None] + offsets[None]) * std[..., None] + mean[..., None]
     scores["wql"] = weighted_quantile_loss(quantiles, references * std + mean, list(wql_levels))
     scores["mae"] = float(np.abs(residuals[observed]).mean())
     scores["rmse"] = float(math.sqrt(np.mean(residuals[observed] ** 2)))
@@ -333,11 +337,7 @@ def interval_results(
         raise ValueError(
             f"the calibration is for the columns {calibration.columns} but the data has {list(preprocessor.columns)}"
         )
-    if getattr(preprocessor, "scaling", "global") != "global":
-        raise ValueError(
-            "interval results in the data's units need one scaler per channel; this data is scaled per series"
-        )
-    mean, std = np.asarray(preprocessor.mean, dtype=np.float64), np.asarray(preprocessor.std, dtype=np.float64)
+    mean, std = window_scalers(splits, split, test_forecasts.num_windows)
     predictions, references = window_arrays(test_forecasts)
     models = [
         {
@@ -386,6 +386,28 @@ def interval_results(
     }
 
 
+def window_scalers(splits: Any, split: str, num_windows: int) -> tuple[np.ndarray, np.ndarray]:
+    r"""
+    The scaler of every window of a split: `(mean, std)` of shape `[channels]` for one wide series, or
+    `[windows, channels]` for long data (each window's series' statistics, `BalmTsfPreprocessor.statistics_for`).
+    """
+    preprocessor = splits.preprocessor
+    columns = list(preprocessor.columns)
+    series = item_series_index(splits[split])
+    if series is None:
+        return np.asarray(preprocessor.mean, dtype=np.float64), np.asarray(preprocessor.std, dtype=np.float64)
+    series = np.asarray(series, dtype=np.int64).reshape(len(columns), num_windows)
+    if not (series == series[:1]).all():
+        raise RuntimeError(f"the channels of a window of the {split} split belong to different series")
+    ids = list(preprocessor.series_ids)
+    mean = np.empty((num_windows, len(columns)), dtype=np.float64)
+    std = np.empty((num_windows, len(columns)), dtype=np.float64)
+    for index in np.unique(series[0]):
+        rows = series[0] == index
+        mean[rows], std[rows] = preprocessor.statistics_for(ids[int(index)], columns)
+    return mean, std
+
+
 def _interval_bounds(levels: Sequence[float]) -> list[float]:
     return [bound for level in levels for bound in _central_bounds(level)]
 
@@ -394,24 +416,26 @@ def write_interval_files(
     folder: str | os.PathLike,
     calibration: ConformalCalibration | None = None,
     results: Mapping[str, Any] | None = None,
-) -> None:
+) -> dict[str, Any] | None:
     r"""
     Write the calibration and/or the interval results into a trained folder. The results record the SHA-256 of the
     calibration file they were computed with (`calibration_sha256`), so that a model card only shows the figures of
-    the calibration the folder holds.
+    the calibration the folder holds. Returns the results as written.
     """
     folder = Path(folder)
     if calibration is not None:
         with tempfile.TemporaryDirectory(dir=folder, prefix=".calibration-") as scratch:
             written = calibration.save_pretrained(scratch)
             os.replace(written, folder / CALIBRATION_FILE)
-    if results is not None:
-        content = dict(results)
-        content["calibration_sha256"] = calibration_sha256(folder)
-        path = folder / INTERVAL_RESULTS_FILE
-        scratch_path = path.with_name(f".{path.name}.tmp")
-        scratch_path.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
-        os.replace(scratch_path, path)
+    if results is None:
+        return None
+    content = dict(results)
+    content["calibration_sha256"] = calibration_sha256(folder)
+    path = folder / INTERVAL_RESULTS_FILE
+    scratch_path = path.with_name(f".{path.name}.tmp")
+    scratch_path.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
+    os.replace(scratch_path, path)
+    return content
 
 
 def calibrate_after_training(
@@ -616,9 +640,9 @@ def evaluate_intervals(
         forecasts, calibration, run.splits, levels, wql_levels, reference=reference, season=season
     )
     results["seconds"] = round(time.perf_counter() - start, 1)
-    write_interval_files(path, results=results)
+    written = write_interval_files(path, results=results)
     _rerender_card(path)
-    return results
+    return typing.cast("dict[str, Any]", written)
 
 
 __all__ = [
@@ -635,5 +659,6 @@ __all__ = [
     "items_to_windows",
     "seasonal_naive_forecasts",
     "window_arrays",
+    "window_scalers",
     "write_interval_files",
 ]
