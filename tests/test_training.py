@@ -20,6 +20,13 @@ from conftest import DATA_DIR, REPO_ROOT, TOKENIZER_DIR, tiny_llm_config
 from transformers import AutoTokenizer, GPT2Model
 
 from balm_hf.artifacts import EVAL_ROW_FIELDS, read_eval_results, write_eval_results
+from balm_hf.calibration import (
+    CALIBRATION_FILE,
+    INTERVAL_RESULTS_FILE,
+    ConformalCalibration,
+    calibrate_folder,
+    calibration_sha256,
+)
 from balm_hf.cli import main as cli_main
 from balm_hf.data import load_forecasting_dataset
 from balm_hf.training import (
@@ -383,6 +390,24 @@ def test_training_saves_the_hub_folder_contract(trained):
     assert all(set(row) == set(EVAL_ROW_FIELDS) and row["split"] == "test" for row in rows)
 
 
+def test_training_calibrates_its_final_folder_as_calibrate_folder_does(trained, tmp_path):
+    final = trained.final_dir
+    saved = ConformalCalibration.from_pretrained(final)
+    assert saved.columns == ["OT"] and saved.prediction_length == 16
+    assert saved.split == "validation" and saved.num_windows == TEST_ITEMS  # the whole validation split, 2865 windows
+    results = json.loads((final / INTERVAL_RESULTS_FILE).read_text())
+    assert results["calibration_sha256"] == calibration_sha256(final)
+    assert [model["model"] for model in results["models"]] == ["BALM-TSF", "seasonal naive (season 24)"]
+    assert results["num_windows"] == TEST_ITEMS and 0 < results["models"][0]["coverage"]["0.9"] <= 1
+    card = (final / "README.md").read_text()
+    assert "## Prediction intervals" in card and "| BALM-TSF |" in card and "Point forecasts only" not in card
+    # Calibrating the saved folder again, from its files, gives the same offsets.
+    copy = Path(shutil.copytree(final, tmp_path / "final"))
+    again = calibrate_folder(copy, overwrite=True)
+    np.testing.assert_allclose(again.offsets, saved.offsets, rtol=0, atol=1e-6)
+    assert again.levels == saved.levels
+
+
 def test_test_split_is_evaluated_in_full_and_drop_last_drops_the_incomplete_batch(trained):
     full, dropped = trained.eval_rows
     assert full["num_items"] == full["num_windows"] == TEST_ITEMS
@@ -476,7 +501,10 @@ def test_evaluation_warns_when_the_data_no_longer_matches_the_saved_scaler(train
 def test_interrupted_training_resumes_to_the_uninterrupted_final_state(trained, tmp_path, tiny_backbone):
     raw = tiny_experiment(tmp_path / "interrupted", backbone=tiny_backbone)
     first = apply_overrides(raw, ["training.num_train_epochs=1"])  # stops after epoch 1, as if killed in epoch 2
+    first = apply_overrides(first, ["evaluation.calibrate=false"])  # no prediction-interval calibration
     run_experiment(ExperimentConfig.from_dict(first))
+    assert (tmp_path / "interrupted" / "final" / "eval_results.json").is_file()
+    assert not (tmp_path / "interrupted" / "final" / CALIBRATION_FILE).exists()
     resumed = run_experiment(ExperimentConfig.from_dict(raw), resume_from_checkpoint=True)
     assert resumed.training_info["epochs_completed"] == 2.0
     assert resumed.eval_rows[0]["mse"] == trained.eval_rows[0]["mse"]
