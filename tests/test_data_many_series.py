@@ -430,7 +430,7 @@ def test_training_on_a_long_csv_and_reevaluating_the_folder(tmp_path, capsys):
     etth1_long().to_csv(csv, index=False)
     run = tmp_path / "run"
     arguments = ["train", "--data", str(csv), "--target", "y", "--set", "data.id_column=item_id"]
-    status = cli_main([*arguments, "--output-dir", str(run), *TINY_OVERRIDES, "--set", "evaluation.calibrate=false"])
+    status = cli_main([*arguments, "--output-dir", str(run), *TINY_OVERRIDES])
     assert status == 0, capsys.readouterr().err
     final = run / "final"
     trained = validate_folder(final)
@@ -439,6 +439,7 @@ def test_training_on_a_long_csv_and_reevaluating_the_folder(tmp_path, capsys):
     assert saved["scaling"] == "per_series" and saved["id_column"] == "item_id"
     assert list(saved["series_statistics"]) == ["HUFL", "MUFL", "OT"] and saved["columns"] == ["y"]
     assert yaml.safe_load((final / "experiment.yaml").read_text())["data"]["id_column"] == "item_id"
+    assert (final / "conformal_calibration.safetensors").is_file()  # intervals calibrated per series' scale
     rows = read_eval_results(final / "eval_results.json")
     # each series' test split: its last int(0.2 * 400) = 80 rows, 80 - 16 + 1 = 65 windows, x 3 series
     assert [row["num_items"] for row in rows] == [195]
