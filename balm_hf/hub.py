@@ -359,7 +359,8 @@ def _fine_tuning_context(info: dict[str, Any]) -> dict[str, Any] | None:
     if not isinstance(record, dict) or not record.get("source"):
         return None
     source = str(record["source"])
-    data = record.get("training_data") if isinstance(record.get("training_data"), dict) else {}
+    recorded = record.get("training_data")
+    data: dict[str, Any] = recorded if isinstance(recorded, dict) else {}
     training_data = data.get("dataset_name")
     percent = _finite_or_none(data.get("percent"))
     if training_data and percent is not None and percent != 100:
