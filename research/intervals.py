@@ -134,7 +134,7 @@ def measure(folder: Path, batch_size: int | None, overwrite: bool) -> dict[str, 
         "calibration": {
             "num_windows": calibration.num_windows,
             "split": calibration.split,
-            "levels": calibration.levels,
+            "levels": f"{len(calibration.levels)} levels from {calibration.levels[0]:g} to {calibration.levels[-1]:g}",
         },
         "timings_s": {name: round(value, 1) for name, value in timings.items()},
         "results": results,
@@ -181,8 +181,8 @@ def write_table(folder: Path) -> Path:
         "values inside the central interval (goal: within 3 points of nominal), width the mean width on the",
         "standardised scale, WQL the weighted quantile loss over the levels 0.1, ..., 0.9 in the data's units. The",
         "seasonal-naive reference is calibrated the same way on the same validation split. Each JSON file holds the",
-        "command, revisions, machine,",
-        "versions, settings and the diagnostics (validation coverage, residual spread per horizon quarter).",
+        "command, revisions, machine, versions, settings and the diagnostics (validation coverage, residual spread",
+        "per horizon quarter).",
         "",
     ]
     for path in sorted(folder.glob("*.json")):
