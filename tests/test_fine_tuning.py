@@ -248,3 +248,31 @@ def test_init_from_flag_reaches_the_config(source, tmp_path, monkeypatch):
 def test_init_from_without_data_or_config_is_refused(source, capsys):
     assert cli_main(["train", "--init-from", str(source)]) == 2
     assert "--init-from without --config needs the data to fine-tune on: --data CSV" in capsys.readouterr().err
+
+
+def test_a_hub_checkpoint_is_read_from_the_hub_cache_and_its_commit_recorded(source, tmp_path, monkeypatch):
+    """A Hub id resolves through `huggingface_hub` (here its offline cache, laid out as a download leaves it)."""
+    import huggingface_hub.constants
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--me--balm-tsf-etth1"
+    shutil.copytree(source, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    overrides = fine_tune_overrides(tmp_path / "unused", tmp_path / "run", "data.scaler=keep")
+    overrides[0] = "model.init_from=me/balm-tsf-etth1"
+    config = load_experiment_config(None, overrides)
+    assert config.data.context_length == CONTEXT_LENGTH
+    checkpoint = BalmTsfForForecasting.from_pretrained(source).state_dict()
+    model = build_model(config).state_dict()
+    assert all(torch.equal(model[name], tensor) for name, tensor in checkpoint.items())
+    assert build_datasets(config).preprocessor.std == [
+        json.loads((source / "preprocessor_config.json").read_text())["std"][-1]
+    ]
+    record = training.fine_tuning.init_from_record(config)
+    assert record["source"] == "me/balm-tsf-etth1" and record["commit"] == commit
+    assert record["training_data"]["dataset_name"] == "ETTh1"
+    with pytest.raises(FileNotFoundError, match="no folder 'not-a-hub-id'"):
+        load_experiment_config(None, ["model.init_from=not-a-hub-id"])
