@@ -193,7 +193,7 @@ def _add_forecast_arguments(parser: argparse.ArgumentParser) -> None:
         "--batch-size",
         type=int,
         default=None,
-        help="series per model call (default: all at once for wide input, 1024 with --format long)",
+        help="series per model call (default: all at once for wide input, 256 with --format long)",
     )
     parser.add_argument("--device", default=None, help="torch device, e.g. 'cuda' (default: cpu)")
     parser.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of --model")
@@ -247,10 +247,16 @@ def run_forecast(args: argparse.Namespace) -> int:
     forecaster = BalmTsfForecaster.from_pretrained(args.model, device=args.device, **load_kwargs)
     date_column = args.date_column or forecaster.preprocessor.date_column or "date"
     if args.format == "long":
-        date_column = args.timestamp_column or "timestamp"
+        date_column, id_column = args.timestamp_column or "timestamp", args.id_column or "item_id"
+        if args.plot and id_column in history.columns:
+            items = history[id_column].dropna().astype(str).unique()
+            if args.plot_item is None and len(items) > 1:
+                raise ValueError(f"--plot draws one item; choose one of the {len(items)} items with --plot-item")
+            if args.plot_item is not None and args.plot_item not in items:
+                raise ValueError(f"--plot-item {args.plot_item!r} is not an item of --input {input_path}")
         forecast = forecaster.predict_df(
             history,
-            id_column=args.id_column or "item_id",
+            id_column=id_column,
             timestamp_column=date_column,
             target=args.target or "target",
             quantile_levels=args.quantiles,

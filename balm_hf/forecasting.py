@@ -27,9 +27,10 @@ SERIES_ID_COLUMN = "series_id"
 STEP_COLUMN = "step"
 _LOAD_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "subfolder", "force_download")
 _MODEL_ONLY_KWARGS = ("dtype",)
-# Series per model call of `predict_df`: bounds the memory of a call whatever the number of series. With the default
-# experiment's model on a 2-core CPU, 256 took about 400 MiB above the loaded model and forecast faster than 1024,
-# which took about 1.1 GiB (research/results/many_series_cpu*.json).
+# Series per model call of `predict_df`: bounds the memory of a call whatever the number of series. For 10,000 series
+# of the default experiment's model on a 2-core CPU, 256 peaked 414 MiB above the memory held before `predict_df`, 1024
+# peaked 1,198 MiB above it at about the same speed (47.7 and 51.2 series/s on busy cores;
+# research/results/many_series_cpu.json and many_series_cpu_bs1024.json).
 DEFAULT_BATCH_SIZE = 256
 FORMATS = ("wide", "long")
 
@@ -49,8 +50,10 @@ class BalmTsfForecaster:
     Channel handling follows the checkpoint: a channel-independent model (`num_input_channels=1`, the paper's setting)
     forecasts every column as its own univariate series; a multichannel model gets all columns at once. In paper mode
     the prompts of the series in one model batch are padded together without an attention mask, so a series' forecast
-    can depend slightly on the series batched with it (see the model card's limitations); forecasts of one input are
-    always computed in one model batch, so repeated calls give identical results.
+    can depend slightly on the series batched with it (see the model card's limitations), and so it can without
+    `prompt_stable_lags`, whose absence lets floating-point noise of the batch order the prompt's lags; forecasts of
+    one input are always computed in one model batch, so repeated calls give identical results. [`predict_df`]
+    forecasts many series of the long layout in chunks of bounded memory (what holds across chunks is stated there).
 
     Args:
         model ([`BalmTsfForForecasting`]): a trained model with its tokenizer attached.
@@ -550,7 +553,7 @@ class BalmTsfForecaster:
         if not isinstance(df, pd.DataFrame):
             raise TypeError(f"`df` must be a DataFrame in the long layout, got {type(df).__name__}")
         targets = self._long_targets(target)
-        levels = [] if quantile_levels is None else self._check_quantile_levels(quantile_levels, targets)
+        levels = [] if quantile_levels is None else self._check_quantile_levels(quantile_levels)
         chunk = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
         if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
             raise ValueError(f"`batch_size` must be a positive integer or None, got {batch_size!r}")
@@ -642,7 +645,7 @@ class BalmTsfForecaster:
             )
         return targets
 
-    def _check_quantile_levels(self, quantile_levels: Sequence[float], targets: list[str]) -> list[float]:
+    def _check_quantile_levels(self, quantile_levels: Sequence[float]) -> list[float]:
         if isinstance(quantile_levels, (str, bytes)) or not isinstance(quantile_levels, Sequence):
             raise TypeError(f"`quantile_levels` must be a list of numbers, got {quantile_levels!r}")
         levels = [float(level) for level in quantile_levels]

@@ -110,6 +110,7 @@ def peak_rss_mib() -> float:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    revision = git_revision()
     experiment = training.load_experiment_config(packaged_experiment_path("default"))
     context, horizon = experiment.data.context_length, experiment.data.prediction_length
     if args.history < context:
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise RuntimeError(f"expected {args.num_series * horizon} finite forecast rows, got {len(result)}")
     results: dict[str, Any] = {
         "command": shlex.join(["python", "research/benchmark_many_series.py", *(argv or sys.argv[1:])]),
-        "git_revision": git_revision(),
+        "git_revision": revision,
         "machine": {
             "cpu": cpu_model(),
             "cpu_count": os.cpu_count(),

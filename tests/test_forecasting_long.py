@@ -311,6 +311,16 @@ def test_cli_forecast_long_round_trip_with_quantiles(calibrated_folder, etth1, t
     assert cli_main([*arguments[:-4], "--overwrite", "--format", "wide"]) == 1  # long-only options need --format long
 
 
+def test_cli_long_plot_of_several_items_needs_the_item_and_writes_nothing_without_it(folder, etth1, tmp_path):
+    long_history(etth1, ["OT"]).to_csv(tmp_path / "long.csv", index=False)
+    output = tmp_path / "forecast.csv"
+    arguments = ["forecast", "--model", str(folder), "--input", str(tmp_path / "long.csv"), "--format", "long"]
+    arguments += ["--target", "OT", "--output", str(output), "--plot", str(tmp_path / "plot.png")]
+    assert cli_main(arguments) == 1
+    assert cli_main([*arguments, "--plot-item", "c"]) == 1
+    assert not output.exists()
+
+
 def test_plot_of_a_long_forecast_draws_the_band_and_a_title(calibrated_folder, etth1, tmp_path):
     frame = long_history(etth1, ["OT"])
     result = balm_hf.forecast(calibrated_folder, frame, format="long", target="OT", quantile_levels=LEVELS)
