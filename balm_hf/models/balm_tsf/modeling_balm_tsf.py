@@ -1107,6 +1107,18 @@ def verify_backbone_weights(
     return verified
 
 
+def _own_parameter_memory(model: nn.Module) -> None:
+    """
+    Give every parameter fresh memory of its own, as a model built in memory has, instead of a view into the weights
+    file: CPU kernels can round differently for data at other memory alignments, so without this a model's forecast
+    could depend on where each tensor sits in the file (a lean and a full checkpoint of one model place them apart).
+    """
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.device.type != "meta":
+                parameter.data = parameter.data.clone(memory_format=torch.contiguous_format)
+
+
 class BalmTsfPreTrainedModel(PreTrainedModel):
     config: BalmTsfConfig
     config_class = BalmTsfConfig
@@ -1277,6 +1289,7 @@ class BalmTsfPreTrainedModel(PreTrainedModel):
                 f"{name} is a full checkpoint: it carries its backbone, so `backbone_path` is only for lean "
                 "checkpoints (saved with `save_backbone=False`)"
             )
+        _own_parameter_memory(model)
         # Loading replaces every parameter by a new, trainable one; the backbone is frozen by design.
         model.get_text_encoder().llm.requires_grad_(False)
         tokenizer_kwargs = {
