@@ -21,6 +21,7 @@ from .metrics import compute_forecasting_metrics, weighted_quantile_loss
 logger = logging.getLogger(__name__)
 
 CUTOFF_COLUMN = "cutoff"
+WINDOW_COLUMN = "window"
 TARGET_VALUE_COLUMN = "target_value"
 OVERALL = "overall"
 
@@ -68,8 +69,10 @@ class BacktestResult:
             `"target_name"`, `"target_value"` (the observed value at that time, NaN where missing), `"predictions"`,
             then one column per quantile level (`"0.1"`, ...) when quantiles were asked for.
         metrics (`pd.DataFrame`):
-            One row per cutoff (in time order) and a last row whose `"cutoff"` is `"overall"` (every forecast of the
-            backtest), with the columns `"cutoff"`, `"num_series"` (forecast series: items times targets),
+            One row per window (`"window"` 1 to `n_windows`: the forecasts from each item's earliest to its latest
+            cutoff) and a last row whose `"window"` is `"overall"` (every forecast of the backtest), with the columns
+            `"window"`, `"cutoff"` (the window's cutoff timestamp when every item shares it, else NaT; NaT for
+            `"overall"`), `"num_series"` (forecast series: items times targets),
             `"num_values"` (observed values scored), `"mse"` and `"mae"` (in the data's units), `"mse_scaled"` and
             `"mae_scaled"` (on the standardised scale the model works in: each value minus its series' scaling mean,
             over its scaling standard deviation), `"mase"` (the standard MASE, see [`backtest`]), `"wql"` (only with
@@ -105,8 +108,8 @@ class BacktestResult:
     @property
     def overall(self) -> dict[str, Any]:
         """The `"overall"` row of `metrics` as a dict."""
-        row = self.metrics[self.metrics[CUTOFF_COLUMN].astype(str) == OVERALL].iloc[0]
-        return {key: value for key, value in row.items() if key != CUTOFF_COLUMN}
+        row = self.metrics[self.metrics[WINDOW_COLUMN].astype(str) == OVERALL].iloc[0]
+        return {key: value for key, value in row.items() if key not in (WINDOW_COLUMN, CUTOFF_COLUMN)}
 
 
 def _check_positive(value: Any, name: str) -> int:
@@ -184,7 +187,7 @@ def backtest(
     rows up to the cutoff; a global scaler or a known item's statistics were fitted at training) or the other series
     batched with it. Nothing is fitted on the evaluated windows.
 
-    Metrics (per cutoff and over the whole backtest; missing actuals are left out):
+    Metrics, per window (the `k`-th cutoff of every item) and over the whole backtest; missing actuals are left out:
 
     - `mse`, `mae`: mean squared and absolute error in the data's units;
     - `mse_scaled`, `mae_scaled`: the same on the standardised scale the model works in, each series scaled by the
@@ -222,7 +225,7 @@ def backtest(
         device (`str` or `torch.device`, *optional*): where to run a model loaded from a folder or Hub id.
 
     Returns:
-        [`BacktestResult`]: `.forecasts`, `.metrics` (per cutoff and `"overall"`), `.actuals` and the settings.
+        [`BacktestResult`]: `.forecasts`, `.metrics` (per window and `"overall"`), `.actuals` and the settings.
 
     Raises:
         `ValueError`: bad `n_windows` or `step`; missing columns; an item with too few rows for `n_windows` cutoffs
@@ -280,11 +283,15 @@ def backtest(
             f"{windows - 1} steps of {stride} rows between cutoffs and prediction_length={horizon} after the last): "
             f"{listed}{more}"
         )
-    if context_length <= season:
+    # Rows seen at each cutoff, per item: [items x windows], earliest cutoff first.
+    seen = counts[:, None] - horizon - stride * np.arange(windows - 1, -1, -1)[None, :]
+    too_short = np.flatnonzero(seen[:, 0] <= season)
+    if len(too_short):
+        index = int(too_short[0])
         raise ValueError(
             f"the MASE scale with season_length={season} needs more than {season} rows of history before each "
-            f"cutoff, but the first cutoff of the shortest item has context_length={context_length}; pass a smaller "
-            "`season_length`"
+            f"cutoff, but {names[index]} has {int(seen[index, 0])} rows before its first cutoff; pass a smaller "
+            "`season_length` (e.g. 1, the naive forecast) or fewer windows"
         )
 
     # Values and timestamps in item-major order: item i holds sorted rows starts[i] : starts[i] + counts[i].
@@ -297,9 +304,6 @@ def backtest(
         timestamp_column,
         date_format or forecaster.preprocessor.date_format,
     )[order]
-    # Rows seen at each cutoff, per item: [items x windows], earliest cutoff first.
-    seen = counts[:, None] - horizon - stride * np.arange(windows - 1, -1, -1)[None, :]
-
     frames = []
     for window in range(windows):
         rows = np.concatenate(
@@ -440,8 +444,12 @@ def _metrics(
     scaled_references = (references - means[:, None]) / stds[:, None]
 
     rows = []
-    groups = [(value, np.flatnonzero(cutoffs == value)) for value in np.unique(cutoffs)]
+    window_of_series = np.array([window for _, _, window in series])
+    groups: list[tuple[int | str, np.ndarray]] = [
+        (window + 1, np.flatnonzero(window_of_series == window)) for window in range(windows)
+    ]
     for label, selected in [*groups, (OVERALL, np.arange(len(series)))]:
+        shared = pd.unique(cutoffs[selected])
         raw = compute_forecasting_metrics(
             predictions[selected],
             references[selected],
@@ -450,7 +458,8 @@ def _metrics(
         )
         scaled = compute_forecasting_metrics(scaled_predictions[selected], scaled_references[selected])
         row: dict[str, Any] = {
-            CUTOFF_COLUMN: label if isinstance(label, str) else pd.Timestamp(label),
+            WINDOW_COLUMN: label,
+            CUTOFF_COLUMN: pd.Timestamp(shared[0]) if label != OVERALL and len(shared) == 1 else pd.NaT,
             "num_series": len(selected),
             "num_values": int(np.isfinite(references[selected]).sum()),
             "mse": raw["mse"],
@@ -479,22 +488,26 @@ def _actuals(
     timestamp_column: str,
 ) -> pd.DataFrame:
     """Observed values from one horizon before the first cutoff to the end of each item, long layout."""
-    frames = []
-    for item, key in enumerate(keys):
-        begin = starts[item] + max(int(first_seen[item]) - horizon, 0)
-        end = starts[item] + counts[item]
-        for column, name in enumerate(targets):
-            frames.append(
-                pd.DataFrame(
-                    {
-                        id_column: [key] * (end - begin),
-                        timestamp_column: dates[begin:end],
-                        "target_name": name,
-                        TARGET_VALUE_COLUMN: values[begin:end, column],
-                    }
-                )
-            )
-    return pd.concat(frames, ignore_index=True)
+    begins = starts + np.maximum(first_seen - horizon, 0)
+    ends = starts + counts
+    rows = np.concatenate([np.arange(begin, end) for begin, end in zip(begins, ends, strict=True)])
+    item_of_row = np.repeat(np.arange(len(keys)), ends - begins)
+    ids = pd.Index(keys).take(item_of_row).to_numpy()
+    frames = [
+        pd.DataFrame(
+            {
+                id_column: ids,
+                timestamp_column: dates[rows],
+                "target_name": name,
+                TARGET_VALUE_COLUMN: values[rows, column],
+                "_item": item_of_row,
+                "_target": column,
+            }
+        )
+        for column, name in enumerate(targets)
+    ]
+    actuals = pd.concat(frames, ignore_index=True).sort_values(["_item", "_target"], kind="stable")
+    return actuals.drop(columns=["_item", "_target"]).reset_index(drop=True)
 
 
 def plot_backtest(

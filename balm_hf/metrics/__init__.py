@@ -3,6 +3,7 @@ probabilistic forecasts, and `Trainer` glue."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,12 @@ def load_forecasting_metric(**kwargs: Any) -> evaluate.EvaluationModule:
     ```
     """
     return evaluate.load(str(FORECASTING_METRIC_PATH), **kwargs)
+
+
+@functools.lru_cache(maxsize=1)
+def _metric_module() -> evaluate.EvaluationModule:
+    """The module [`compute_forecasting_metrics`] computes with, loaded once (its `_compute` keeps no state)."""
+    return load_forecasting_metric(keep_in_memory=True)
 
 
 def _to_numpy(values: Any, name: str) -> np.ndarray:
@@ -198,7 +205,7 @@ def compute_forecasting_metrics(
                 f"{type(insample_values).__name__}"
             )
 
-    metric = load_forecasting_metric(keep_in_memory=True)
+    metric = _metric_module()
     # Each window flattened from [horizon, channels] in C order: the module's per-window layout.
     results = metric._compute(
         predictions=prediction.reshape(windows, horizon * channels),
