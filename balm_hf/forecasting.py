@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 SERIES_ID_COLUMN = "series_id"
 STEP_COLUMN = "step"
 _LOAD_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "subfolder", "force_download")
-_MODEL_ONLY_KWARGS = ("dtype",)
+_MODEL_ONLY_KWARGS = ("dtype", "backbone_path")
 # Series per model call of `predict_df`: bounds the memory of a call whatever the number of series. For 10,000 series
 # of the default experiment's model on a 2-core CPU, 256 peaked 414 MiB above the memory held before `predict_df`, 1024
 # peaked 1,198 MiB above it at about the same speed (47.7 and 51.2 series/s on busy cores;
@@ -131,7 +131,8 @@ class BalmTsfForecaster:
             pretrained_model_name_or_path (`str` or `os.PathLike`): a trained folder or a Hub repository id.
             device (`str` or `torch.device`, *optional*): where to run the model (default: CPU).
             kwargs: `revision`, `token`, `cache_dir`, `local_files_only`, `subfolder` or `force_download`, passed to
-                both `from_pretrained` calls; `dtype` (e.g. `torch.bfloat16`), passed to the model's only.
+                both `from_pretrained` calls; `dtype` (e.g. `torch.bfloat16`) and, for a lean checkpoint,
+                `backbone_path` (a local copy of its frozen backbone), passed to the model's only.
 
         The folder's `conformal_calibration.safetensors`, when present, becomes [`calibration`] (quantile
         forecasts); without it the forecaster gives point forecasts only.

@@ -386,3 +386,18 @@ def test_training_save_backbone_false_makes_the_final_folder_lean(trained, tmp_p
     final = tmp_path / "final"
     training.save_experiment_folder(final, model, preprocessor, experiment, info, rows, save_backbone=False)
     assert validate_folder(final, backbone_path=trained["backbone"]).lean
+
+
+def test_the_forecaster_of_a_lean_folder_forecasts_what_the_full_folder_forecasts(trained, tmp_path):
+    import pandas as pd
+    from conftest import DATA_DIR
+
+    from balm_hf import BalmTsfForecaster
+    from balm_hf.hub import prepare_upload_folder
+
+    lean = tmp_path / "lean"
+    prepare_upload_folder(trained["full"], lean, backbone_path=trained["backbone"])
+    history = pd.read_csv(DATA_DIR / "ETTh1.csv.gz").tail(100)
+    expected = BalmTsfForecaster.from_pretrained(trained["full"]).predict(history)
+    got = BalmTsfForecaster.from_pretrained(lean, backbone_path=trained["backbone"]).predict(history)
+    pd.testing.assert_frame_equal(got, expected, check_exact=True)
