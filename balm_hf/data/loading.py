@@ -519,8 +519,8 @@ def _load_many_series(
             kept.append(item)
             item_borders[item] = (borders, scaler_end)
         else:
-            split, rows = problem
-            short.append(f"{item_ids[item]!r} ({len(item_dates)} rows, {rows} in its {split} split)")
+            split, split_rows = problem
+            short.append(f"{item_ids[item]!r} ({len(item_dates)} rows, {split_rows} in its {split} split)")
     if short:
         message = (
             f"{label}: {len(short)} of {len(item_ids)} series are too short for one window of context_length + "
@@ -554,15 +554,16 @@ def _load_many_series(
 
     context_length, prediction_length = common["context_length"], common["prediction_length"]
     statistics: dict[str, dict[str, list[float]]] = {}
-    train_rows, train_observed = [], []
+    train_rows: list[np.ndarray] = []
+    train_observed: list[np.ndarray] = []
     chunks: dict[str, list[np.ndarray]] = {split: [] for split in SPLITS}
     observed_chunks: dict[str, list[np.ndarray]] = {split: [] for split in SPLITS}
     starts: dict[str, list[np.ndarray]] = {split: [] for split in SPLITS}
     series: dict[str, list[np.ndarray]] = {split: [] for split in SPLITS}
     sizes = dict.fromkeys(SPLITS, 0)
     for position, item in enumerate(kept):
-        rows = order[offsets[item] : offsets[item + 1]]
-        item_values = values[rows]
+        item_rows = order[offsets[item] : offsets[item + 1]]
+        item_values = values[item_rows]
         item_label = f"{label} (series {item_ids[item]!r})"
         observed = handle_missing(item_values, columns, missing, item_label)
         borders, scaler_end = item_borders[item]
@@ -572,9 +573,8 @@ def _load_many_series(
         )
         statistics[item_ids[item]] = {"mean": mean.tolist(), "std": std.tolist()}
         train_rows.append(item_values[:scaler_end])
-        train_observed.append(
-            np.ones_like(item_values[:scaler_end], dtype=bool) if observed is None else train_observed_rows
-        )
+        if train_observed_rows is not None:
+            train_observed.append(train_observed_rows)
         scaled = ((item_values - mean) / std).astype(np.float32)
         for split, (start, end) in borders.items():
             num_windows = end - start - splitter.horizon + 1
@@ -600,7 +600,7 @@ def _load_many_series(
 
     # The pooled statistics of every series' train rows, recorded for reference; each series is scaled by its own.
     pooled_mean, pooled_std = _fit_scaler(
-        np.concatenate(train_rows), np.concatenate(train_observed) if missing == "mask" else None, label, "pooled"
+        np.concatenate(train_rows), np.concatenate(train_observed) if train_observed else None, label, "of all series"
     )
     kept_rows = order[np.concatenate([np.arange(offsets[item], offsets[item + 1]) for item in kept])]
     preprocessor = BalmTsfPreprocessor(
