@@ -336,7 +336,7 @@ def backtest(
 
     forecasts = pd.concat(frames, ignore_index=True)
     forecasts = _ordered(forecasts, id_column, timestamp_column, levels)
-    metrics = _metrics(forecaster, forecasts, values, starts, seen, keys, targets, levels, season, horizon, id_column)
+    metrics = _metrics(forecaster, forecasts, values, starts, seen, keys, targets, levels, season, horizon)
     actuals = _actuals(values, dates, starts, counts, seen[:, 0], keys, targets, horizon, id_column, timestamp_column)
     return BacktestResult(
         forecasts=forecasts,
@@ -373,6 +373,13 @@ def _attach_actuals(
     item_of_row = np.repeat(np.arange(items), len(targets) * horizon)
     target_of_row = np.tile(np.repeat(np.arange(len(targets)), horizon), items)
     step_of_row = np.tile(np.arange(horizon), items * len(targets))
+    id_column = frame.columns[0]
+    expected_ids = pd.Index(keys).take(item_of_row).to_numpy()
+    if len(frame) != len(item_of_row) or not (
+        np.array_equal(frame[id_column].to_numpy(), expected_ids)
+        and np.array_equal(frame["target_name"].to_numpy(), np.asarray(targets, dtype=object)[target_of_row])
+    ):
+        raise RuntimeError("predict_df returned its rows in another order than items, then targets, then steps")
     actual_row = starts[item_of_row] + seen[item_of_row, window] + step_of_row
     forecast_times = pd.DatetimeIndex(frame[timestamp_column])
     actual_times = dates[actual_row]
@@ -411,9 +418,8 @@ def _metrics(
     levels: list[float],
     season: int,
     horizon: int,
-    id_column: str,
 ) -> pd.DataFrame:
-    """Per-cutoff and overall metrics; each series is one (item, target, cutoff) forecast of `horizon` steps."""
+    """Per-window and overall metrics; each series is one (item, target, cutoff) forecast of `horizon` steps."""
     windows = seen.shape[1]
     # Series in the row order of `forecasts`: item, target, cutoff.
     series = [

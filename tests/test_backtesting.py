@@ -273,6 +273,17 @@ def test_invalid_backtests_raise_clear_errors(forecaster, etth1, kwargs, match):
         backtest(forecaster, data, **kwargs)
 
 
+def test_a_gap_after_a_cutoff_is_named_instead_of_scoring_the_wrong_rows(forecaster, etth1):
+    # One hour missing after the cutoff: with `freq` the forecast steps are placed, and the mismatch is named.
+    data = long_frame(etth1, {"a": 121}).drop(index=110).reset_index(drop=True)
+    with pytest.raises(ValueError, match=r"item 'a'.*step 7 at 2016-07-05 14:00:00.*row 110 .* 15:00:00"):
+        backtest(forecaster, data, n_windows=1, target="OT", freq="h")
+    # One hour missing before it: predict_df's error, with the cutoff it happened at.
+    data = long_frame(etth1, {"a": 121}).drop(index=80).reset_index(drop=True)
+    with pytest.raises(ValueError, match="backtest, the cutoff at 2016-07-05 08:00:00: .*irregular"):
+        backtest(forecaster, data, n_windows=1, target="OT")
+
+
 def test_a_model_object_is_refused_with_the_way_to_wrap_it(etth1, preprocessor):
     with pytest.raises(TypeError, match=r"BalmTsfForecaster\(model, preprocessor\)"):
         backtest(tiny_model(), long_frame(etth1, {"a": 120}), n_windows=1, target="OT")
