@@ -331,6 +331,12 @@ class BalmTsfForecaster:
         if not dtype.is_floating_point:
             raise TypeError(f"the model's parameters are {dtype}; a floating dtype is needed (e.g. torch.float32)")
         series, length, channels = windows.shape
+        if mean is None and getattr(self.preprocessor, "scaling", "global") == "per_series":
+            raise ValueError(
+                "this model scales each series by its own statistics (it was trained on many series, "
+                '`scaling="per_series"`): forecast with `predict_df` (the long layout, with the item ids), or pass '
+                "each series' `mean` and `std`"
+            )
         if mean is None or std is None:
             scaled_values = self.preprocessor.transform(windows)
         else:

@@ -117,13 +117,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"--history {args.history} is shorter than the model's context_length={context}")
     set_seed(experiment.training.seed)
     model = training.build_model(experiment)
-    preprocessor = load_forecasting_dataset(
+    splits = load_forecasting_dataset(
         "ETTh1",
         context_length=context,
         prediction_length=horizon,
         percent=experiment.data.percent,
         data_dir=args.data_dir,
-    ).preprocessor
+    )
+    preprocessor = splits.preprocessor
+    if preprocessor is None:
+        raise RuntimeError("the ETTh1 splits carry no fitted preprocessor")
     frame = long_frame(args.num_series, args.history, args.data_dir)
     with tempfile.TemporaryDirectory() as folder:
         model.save_pretrained(folder)

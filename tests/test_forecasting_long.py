@@ -108,6 +108,16 @@ def test_nixtla_names_and_per_series_scaling(etth1):
     np.testing.assert_allclose(result["predictions"].to_numpy().reshape(2, -1), expected, rtol=1e-6, atol=1e-6)
 
 
+def test_wide_input_of_a_per_series_model_points_to_predict_df(etth1):
+    stored = {"known": {"mean": [5.0], "std": [2.0]}}
+    preprocessor = BalmTsfPreprocessor(
+        ["OT"], "OT", mean=[0.0], std=[1.0], scaling="per_series", series_statistics=stored
+    )
+    forecaster = BalmTsfForecaster(tiny_model().eval(), preprocessor)
+    with pytest.raises(ValueError, match=r"scales each series by its own statistics.*forecast with `predict_df`"):
+        forecaster.predict(etth1.iloc[:100])
+
+
 def test_unequal_lengths_interleaved_rows_and_each_items_own_frequency(fast_folder, etth1):
     forecaster = BalmTsfForecaster.from_pretrained(fast_folder)
     hourly = to_long(etth1.iloc[:100], "hourly", ["OT"])
