@@ -73,6 +73,15 @@ def test_the_script_writes_the_three_rows_and_reuses_finished_runs(tmp_path):
     assert f"| fine-tuned from the checkpoint | {rows['fine_tuned']['test_mse']:.4f} |" in readme
     assert f"| the checkpoint as it is (zero-shot) | {rows['zero_shot']['test_mse']:.4f} |" in readme
 
+    doc = tmp_path / "doc.md"
+    doc.write_text(f"# Doc\n\n{fine_tuning.DOCS_START}\nold\n{fine_tuning.DOCS_END}\n\nafter\n")
+    fine_tuning.update_docs(report, tmp_path / "results" / "README.md", docs=(doc,))
+    text = doc.read_text()
+    assert "old" not in text and text.endswith(f"{fine_tuning.DOCS_END}\n\nafter\n")
+    assert f"| {rows['from_scratch']['test_mse']:.4f} |" in text and "(results/README.md)" in text
+    with pytest.raises(ValueError, match="no <!-- fine-tuning-figures:start"):
+        fine_tuning.update_docs(report, tmp_path / "results" / "README.md", docs=(tmp_path / "results" / "README.md",))
+
     # A second call reads the finished runs instead of training again.
     (tmp_path / "runs" / "fine_tuned" / "final" / "model.safetensors").unlink()
     again = fine_tuning.main(argv)
