@@ -47,6 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override for both runs"
     )
+    parser.add_argument("--source-command", default=None, help="the command that trained --source, to record it")
     parser.add_argument(
         "--update-docs",
         action="store_true",
@@ -166,6 +167,7 @@ def render_readme(report: dict[str, Any]) -> str:
         "Commands (`python -m research.fine_tuning` runs all three and writes this file):",
         "",
         "```bash",
+        *([f"# the checkpoint: {source['command']}"] if source.get("command") else []),
         report["command"],
         f"# {tuned['command']}",
         f"# {scratch['command']}",
@@ -247,6 +249,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "source": {
             "name": source_info["experiment"]["name"],
             "folder": str(args.source),
+            "command": args.source_command,
             "training_data": data.get("dataset_name"),
             "epochs_completed": source_info["epochs_completed"],
             "test_mse": source_test["mse"],
