@@ -401,3 +401,41 @@ def test_the_forecaster_of_a_lean_folder_forecasts_what_the_full_folder_forecast
     expected = BalmTsfForecaster.from_pretrained(trained["full"]).predict(history)
     got = BalmTsfForecaster.from_pretrained(lean, backbone_path=trained["backbone"]).predict(history)
     pd.testing.assert_frame_equal(got, expected, check_exact=True)
+
+
+@pytest.mark.slow
+def test_a_run_with_save_backbone_false_writes_a_lean_final_folder_and_full_checkpoints(tmp_path, monkeypatch):
+    import yaml
+    from conftest import DATA_DIR
+
+    from balm_hf.artifacts import validate_folder
+    from balm_hf.cli import main as cli_main
+
+    backbone = save_backbone_folder(tmp_path / "my-gpt2")
+    experiment = {
+        "name": "tiny-lean",
+        "data": {"dataset": "ETTh1", "data_dir": str(DATA_DIR), "context_length": 64, "prediction_length": 16},
+        "model": {
+            "backbone": str(backbone),
+            "config": {k: v for k, v in SIZES.items() if k not in ("context_length", "prediction_length")},
+        },  # fmt: skip
+        "training": {
+            "max_steps": 2,
+            "per_device_train_batch_size": 8,
+            "bf16": False,
+            "use_cpu": True,
+            "save_backbone": False,
+        },  # fmt: skip
+        "evaluation": {"max_validation_items": 32, "calibrate": False},
+    }
+    (tmp_path / "experiment.yaml").write_text(yaml.safe_dump(experiment), encoding="utf-8")
+    run = tmp_path / "run"
+    assert cli_main(["train", "--config", str(tmp_path / "experiment.yaml"), "--output-dir", str(run)]) == 0
+    monkeypatch.chdir(tmp_path)  # the recorded backbone `./my-gpt2`
+    final = validate_folder(run / "final")
+    assert final.lean
+    checkpoints = sorted(run.glob("checkpoint-*"))
+    assert checkpoints and all("llm_reference" not in json.loads((c / "config.json").read_text()) for c in checkpoints)
+    best = run / json.loads((run / "final" / "training_info.json").read_text())["best_checkpoint"]
+    lean = BalmTsfForForecasting.from_pretrained(run / "final")
+    assert torch.equal(forecast(lean), forecast(BalmTsfForForecasting.from_pretrained(best)))
