@@ -191,6 +191,8 @@ def load_init_model(config: Any) -> BalmTsfForForecasting:
         kwargs["revision"] = config.model.init_revision
     model = BalmTsfForForecasting.from_pretrained(source, **kwargs)
     merge_checkpoint_architecture(config.to_dict(), model.config, source)
+    revision = f" at revision {config.model.init_revision}" if config.model.init_revision else ""
+    logger.info(f"fine-tuning the trained model {source}{revision} (scaler: {config.data.scaler})")
     if model.tokenizer is None and model.config.text_branch == "llm":
         raise FileNotFoundError(f"`model.init_from` {source!r} holds no tokenizer files next to the model")
     return model
