@@ -327,8 +327,8 @@ def test_push_is_lean_by_default_and_forecasts_exactly_what_the_full_folder_fore
     assert torch.equal(forecast(lean), forecast(full))
 
     # `--lean` says the same; `--full` uploads the backbone's weights as the folder holds them.
-    assert cli_main([*arguments, "--lean", "--output-dir", str(tmp_path / "lean"), "--backbone-path",
-                     str(trained["backbone"])]) == 0  # fmt: skip
+    lean_arguments = ["--lean", "--output-dir", str(tmp_path / "lean"), "--backbone-path", str(trained["backbone"])]
+    assert cli_main([*arguments, *lean_arguments]) == 0
     assert file_digests(tmp_path / "lean")["model.safetensors"] == file_digests(staging)["model.safetensors"]
     assert cli_main([*arguments, "--full", "--output-dir", str(tmp_path / "full")]) == 0
     assert "full checkpoint" in capsys.readouterr().out
@@ -418,14 +418,14 @@ def test_a_run_with_save_backbone_false_writes_a_lean_final_folder_and_full_chec
         "model": {
             "backbone": str(backbone),
             "config": {k: v for k, v in SIZES.items() if k not in ("context_length", "prediction_length")},
-        },  # fmt: skip
+        },
         "training": {
             "max_steps": 2,
             "per_device_train_batch_size": 8,
             "bf16": False,
             "use_cpu": True,
             "save_backbone": False,
-        },  # fmt: skip
+        },
         "evaluation": {"max_validation_items": 32, "calibrate": False},
     }
     (tmp_path / "experiment.yaml").write_text(yaml.safe_dump(experiment), encoding="utf-8")
