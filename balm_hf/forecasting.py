@@ -697,11 +697,7 @@ class BalmTsfForecaster:
             frequency, source = infer_frequency(dates), "the input's timestamps"
         if frequency is None:
             raise ValueError(f"{label}: {_describe_irregular(dates)}; pass `freq=` (e.g. 'h' or '15min')")
-        try:
-            future = pd.date_range(start=dates[-1], periods=self.prediction_length + 1, freq=frequency)[1:]
-        except ValueError as error:
-            raise ValueError(f"{label}: invalid frequency {frequency!r} from {source}: {error}") from error
-        return future, frequency
+        return self._date_range(dates[-1], frequency, source), frequency
 
     def _forecast_long(
         self,
@@ -838,35 +834,33 @@ class BalmTsfForecaster:
         if dates is None and last_timestamp is None:
             frame.insert(0, STEP_COLUMN, np.arange(1, self.prediction_length + 1))
             return frame
-        if dates is None:
-            last = pd.Timestamp(last_timestamp)
-            frequency = freq or self.preprocessor.frequency
-            source = "`freq`" if freq else "the preprocessor"
-            if frequency is None:
-                raise ValueError(
-                    f"cannot place the forecast of {label} in time: the preprocessor records no frequency; pass "
-                    "`freq=` (e.g. 'h' or '15min')"
+        if dates is not None:
+            future, frequency = self._future_dates(dates, freq, label)
+            if freq is None and self.preprocessor.frequency not in (None, frequency):
+                logger.warning(
+                    "%s is sampled every %r but the model was trained on data sampled every %r",
+                    label,
+                    frequency,
+                    self.preprocessor.frequency,
                 )
-        else:
-            last = dates[-1]
-            frequency, source = freq, "`freq`"
-            if frequency is None:
-                frequency, source = infer_frequency(dates), "the input's timestamps"
-            if frequency is None:
-                raise ValueError(f"{label}: {_describe_irregular(dates)}; pass `freq=` (e.g. 'h' or '15min')")
-        if source == "the input's timestamps" and self.preprocessor.frequency not in (None, frequency):
-            logger.warning(
-                "%s is sampled every %r but the model was trained on data sampled every %r",
-                label,
-                frequency,
-                self.preprocessor.frequency,
+            frame.insert(0, date_column, future)
+            return frame
+        recorded = freq or self.preprocessor.frequency
+        if recorded is None:
+            raise ValueError(
+                f"cannot place the forecast of {label} in time: the preprocessor records no frequency; pass "
+                "`freq=` (e.g. 'h' or '15min')"
             )
+        source = "`freq`" if freq else "the preprocessor"
+        frame.insert(0, date_column, self._date_range(pd.Timestamp(last_timestamp), recorded, source))
+        return frame
+
+    def _date_range(self, last: pd.Timestamp, frequency: str, source: str) -> pd.DatetimeIndex:
+        """The `prediction_length` timestamps after `last` at `frequency` (taken from `source`)."""
         try:
-            future = pd.date_range(start=last, periods=self.prediction_length + 1, freq=frequency)[1:]
+            return pd.date_range(start=last, periods=self.prediction_length + 1, freq=frequency)[1:]
         except ValueError as error:
             raise ValueError(f"invalid frequency {frequency!r} from {source}: {error}") from error
-        frame.insert(0, date_column, future)
-        return frame
 
     def _last_timestamp(
         self, last_timestamp: str | pd.Timestamp | None, date_format: str | None
