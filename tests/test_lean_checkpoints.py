@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -21,7 +22,9 @@ from balm_hf.models.balm_tsf.backbones import DEFAULT_BACKBONE
 from balm_hf.models.balm_tsf.modeling_balm_tsf import tensor_sha256
 
 
-SIZES = dict(context_length=64, prediction_length=16, patch_length=8, patch_stride=4, d_model=8, d_ff=16, llm_layers=2)
+SIZES: dict[str, Any] = dict(
+    context_length=64, prediction_length=16, patch_length=8, patch_stride=4, d_model=8, d_ff=16, llm_layers=2
+)
 BACKBONE_PREFIX = "model.text_encoder.llm."
 
 

@@ -988,7 +988,7 @@ LLM_REFERENCE_KEY = "llm_reference"
 def tensor_sha256(tensor: torch.Tensor) -> str:
     """SHA-256 of a tensor's bytes as safetensors stores them: row-major, little-endian, in the tensor's own dtype."""
     data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
-    return hashlib.sha256(data.numpy()).hexdigest()
+    return hashlib.sha256(data.numpy().data).hexdigest()
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -1176,7 +1176,8 @@ class BalmTsfPreTrainedModel(PreTrainedModel):
         super().post_init()
         if getattr(self.config, LLM_REFERENCE_KEY, None) is not None:
             # A lean checkpoint holds no backbone weights: `from_pretrained` rebuilds them from the reference.
-            self._keys_to_ignore_on_load_missing.add(r"(^|\.)text_encoder\.llm\.")
+            ignored = set(self._keys_to_ignore_on_load_missing or ())
+            self._keys_to_ignore_on_load_missing = ignored | {r"(^|\.)text_encoder\.llm\."}
 
     def _backbone_prefix(self) -> str:
         """The state-dict prefix of the frozen backbone (`model.text_encoder.llm.` for [`BalmTsfForForecasting`])."""
