@@ -512,11 +512,13 @@ class BalmTsfForecaster:
         `predict_df(df, id_column="unique_id", timestamp_column="ds", target="y")`.
 
         Series are forecast in chunks of `batch_size` series, one model call each, so memory stays bounded for any
-        number of series. A series' forecast depends only on the series in its chunk: for a model whose prompts use
-        an attention mask (`prompt_attention_mask=True`, the fast mode and the default experiment) it is the same in
-        any chunk up to floating-point rounding of the batched matrix products; in paper mode the prompts of a chunk
-        are padded together without a mask, so another `batch_size` (or other series in the frame) can change a
-        forecast slightly. The same frame with the same `batch_size` always gives the same forecasts.
+        number of series. A series' forecast depends only on the series in its chunk: for a model with masked
+        prompts and stable lags (`prompt_attention_mask=True` and `prompt_stable_lags=True`, as in fast mode) it is
+        the same in any chunk up to floating-point rounding of the batched matrix products. Without the mask (paper
+        mode) the prompts of a chunk are padded together, and without stable lags (paper mode, and the default
+        experiment) the order of a prompt's mirrored lags comes from floating-point noise of the batch, so another
+        `batch_size` (or other series in the frame) can change a forecast. The same frame with the same `batch_size`
+        always gives the same forecasts.
 
         Args:
             df (`pd.DataFrame`):
