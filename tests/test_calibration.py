@@ -31,6 +31,7 @@ from balm_hf.calibration import (
 )
 from balm_hf.cli import main as cli_main
 from balm_hf.hub import push_folder_to_hub, render_model_card
+from balm_hf.training.intervals import calibrate_after_training, calibrate_forecasts
 
 
 def test_conformal_rank_is_the_finite_sample_quantile():
@@ -217,15 +218,16 @@ def test_calibrate_folder_refuses_to_replace_a_calibration_without_overwrite(fol
     replaced = calibrate_folder(folder, overwrite=True)
     assert replaced.levels == supported_levels(VALIDATION_WINDOWS)
     assert not (folder / INTERVAL_RESULTS_FILE).exists()
-    with pytest.raises(ValueError, match="too few"):
-        calibrate_forecasts_with_windows(5)
+    with pytest.raises(ValueError, match="5 windows with an observed target .* too few"):
+        calibrate_forecasts(constant_forecasts(5), ["x"])
+    assert calibrate_forecasts(constant_forecasts(19), ["x"]).levels == supported_levels(19)
 
 
-def calibrate_forecasts_with_windows(windows: int) -> None:
+def constant_forecasts(windows: int):
+    """Forecasts of `windows` windows of one channel, 4 steps, all off by 1."""
     from balm_hf.training import ForecastOutput
-    from balm_hf.training.intervals import calibrate_forecasts
 
-    forecasts = ForecastOutput(
+    return ForecastOutput(
         predictions=np.zeros((windows, 4, 1)),
         references=np.ones((windows, 4, 1)),
         window_index=np.arange(windows),
@@ -233,7 +235,6 @@ def calibrate_forecasts_with_windows(windows: int) -> None:
         num_windows=windows,
         num_channels=1,
     )
-    calibrate_forecasts(forecasts, ["x"])
 
 
 def test_interval_results_equal_a_hand_computation(folder):
@@ -351,3 +352,20 @@ def test_model_card_states_the_intervals_or_the_command_that_adds_them(folder):
         "wql": model["wql"],
     }
     assert {"coverage", "wql"} <= set(metadata["metrics"])
+
+
+def test_training_saves_a_model_without_intervals_when_validation_is_too_short(caplog):
+    forecasts = constant_forecasts(5)  # the 80% interval needs 9 windows
+
+    class Trainer:
+        args = type("Args", (), {"per_device_eval_batch_size": 8})()
+
+        def predict_forecasts(self, dataset):
+            return forecasts
+
+    class Splits(dict):
+        preprocessor = type("Preprocessor", (), {"columns": ["x"], "split_borders": {}, "dataset_name": "tiny"})()
+
+    with caplog.at_level("WARNING", logger="balm_hf.training.intervals"):
+        assert calibrate_after_training(Trainer(), Splits(validation=None), forecasts, "tiny") == (None, None)
+    assert "no prediction-interval calibration" in caplog.text and "too few" in caplog.text

@@ -347,8 +347,19 @@ def interval_results(
         }
     ]
     season_used = None
+    context_length = int(preprocessor.context_length or 0)
     if reference:
         season_used = default_season_length(preprocessor.frequency) if season is None else int(season)
+        if context_length and season_used > context_length:
+            if season is not None:
+                raise ValueError(f"`season`={season} is longer than the context length {context_length}")
+            logger.warning(
+                "no seasonal-naive reference: the season %d is longer than the context length %d",
+                season_used,
+                context_length,
+            )
+            reference, season_used = False, None
+    if reference and season_used is not None:
         naive_calibration = calibrate_forecasts(
             seasonal_naive_forecasts(splits[calibration.split], season_used),
             calibration.columns,
@@ -440,7 +451,7 @@ def write_interval_files(
 
 def calibrate_after_training(
     trainer: Any, splits: Any, test_forecasts: ForecastOutput, model: str
-) -> tuple[ConformalCalibration, dict[str, Any]]:
+) -> tuple[ConformalCalibration | None, dict[str, Any] | None]:
     r"""
     What training adds to its final folder: forecast the whole validation split with the trained model, calibrate
     ([`calibrate_forecasts`]) and score the intervals on the test forecasts it already holds ([`interval_results`]).
@@ -453,7 +464,9 @@ def calibrate_after_training(
 
     Returns:
         `tuple[ConformalCalibration, dict]`: the calibration and the `interval_results.json` content (with the
-        `seconds` the validation forecasts and the scoring took).
+        `seconds` the validation forecasts and the scoring took). A validation split too short to calibrate gives
+        `(None, None)` and a test split too short to score gives no results, each with a warning, so that the
+        trained model is saved either way.
     """
     start = time.perf_counter()
     forecasts = trainer.predict_forecasts(splits["validation"])
@@ -466,8 +479,17 @@ def calibrate_after_training(
         batch_size=trainer.args.per_device_eval_batch_size,
         training_git_revision=git_revision(),
     )
-    calibration = calibrate_forecasts(forecasts, preprocessor.columns, split="validation", metadata=metadata)
-    results = interval_results(test_forecasts, calibration, splits)
+    try:
+        calibration = calibrate_forecasts(forecasts, preprocessor.columns, split="validation", metadata=metadata)
+    except ValueError as error:
+        # a short validation split must not cost the trained model: it is saved without intervals
+        logger.warning("the final folder gets no prediction-interval calibration: %s", error)
+        return None, None
+    try:
+        results = interval_results(test_forecasts, calibration, splits)
+    except ValueError as error:
+        logger.warning("the prediction intervals were not scored on the test split: %s", error)
+        return calibration, None
     results["seconds"] = round(time.perf_counter() - start, 1)
     return calibration, results
 
