@@ -369,3 +369,35 @@ def test_training_saves_a_model_without_intervals_when_validation_is_too_short(c
     with caplog.at_level("WARNING", logger="balm_hf.training.intervals"):
         assert calibrate_after_training(Trainer(), Splits(validation=None), forecasts, "tiny") == (None, None)
     assert "no prediction-interval calibration" in caplog.text and "too few" in caplog.text
+
+
+def test_a_folder_trained_on_many_series_is_calibrated_and_scored_in_each_series_units(tmp_path):
+    # Two series of the hourly CSV in the long layout; the second is the first scaled by 10 and shifted, so that
+    # its intervals are 10 times wider in data units for the same standardised offsets.
+    wide = pd.read_csv(write_hourly_csv(tmp_path / "hourly.csv"))
+    second = wide.assign(load=wide["load"] * 10 + 100, OT=wide["OT"] * 10 - 50)
+    long = pd.concat([wide.assign(item_id="a"), second.assign(item_id="b")])[["item_id", "date", "load", "OT"]]
+    csv = tmp_path / "long.csv"
+    long.to_csv(csv, index=False)
+    splits = load_forecasting_dataset(str(csv), CONTEXT_LENGTH, PREDICTION_LENGTH, id_column="item_id")
+    preprocessor = splits.preprocessor
+    assert preprocessor.scaling == "per_series"
+    folder = build_trained_folder(
+        tmp_path / "final", preprocessor, prompt_attention_mask=True, prompt_padding_side="left"
+    )
+    experiment = training.load_experiment_config(
+        folder / "experiment.yaml", [f"data.dataset={json.dumps(str(csv))}", "data.id_column=item_id"]
+    )
+    (folder / "experiment.yaml").write_text(experiment.to_yaml(), encoding="utf-8")
+
+    calibration = calibrate_folder(folder)
+    assert calibration.columns == ["load", "OT"] and calibration.num_windows == 2 * VALIDATION_WINDOWS
+    results = evaluate_intervals(folder)
+    assert results["num_windows"] == 2 * TEST_WINDOWS
+    low, high = calibration.offsets_for([0.05, 0.95])
+    std_a, std_b = (preprocessor.statistics_for(item, ["load", "OT"])[1] for item in ("a", "b"))
+    np.testing.assert_allclose(std_b, 10 * std_a, rtol=1e-9)
+    # both series have 145 test windows: the mean width in data units averages their widths
+    expected = 0.5 * (((high - low) * std_a).mean() + ((high - low) * std_b).mean())
+    assert results["models"][0]["width_data_units"]["0.9"] == pytest.approx(expected, rel=1e-5)
+    assert results["models"][0]["width"]["0.9"] == pytest.approx((high - low).mean(), rel=1e-5)

@@ -42,7 +42,7 @@ INTERVAL_LEVELS: tuple[float, ...] = (0.8, 0.9)
 WQL_LEVELS: tuple[float, ...] = tuple(round(0.1 * index, 1) for index in range(1, 10))
 CALIBRATION_SPLITS = ("validation", "test")
 MODEL_LABEL = "BALM-TSF"
-# The first line the model card template writes after its metadata: a README.md without it was not rendered here.
+# A phrase of the comment the model card template writes under its metadata: a README.md without it is left alone.
 _RENDERED_CARD_MARKER = "Rendered by `balm_hf.hub.render_model_card`"
 
 
