@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import DATA_DIR, tiny_model
+from conftest import DATA_DIR, REPO_ROOT, tiny_model
 
 import balm_hf
 from balm_hf import BalmTsfForecaster, BalmTsfPreprocessor
@@ -347,6 +350,25 @@ def test_cli_backtest_round_trip_on_wide_and_long_csv(tmp_path, preprocessor, et
     argv = ["backtest", "--model", str(folder), "--input", str(long_csv), "--n-windows", "2", "--target", "OT"]
     assert cli_main([*argv, "--output", str(long_out)]) == 0
     assert set(pd.read_csv(long_out)["item_id"]) == {"x", "y"}
+
+
+def test_cli_backtest_help_answers_without_importing_torch():
+    code = (
+        "import sys\n"
+        "from balm_hf.cli import main\n"
+        "try:\n"
+        "    main(['backtest', '--help'])\n"
+        "except SystemExit as exit:\n"
+        "    assert exit.code == 0, exit.code\n"
+        "print('torch imported:', 'torch' in sys.modules)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert completed.returncode == 0, completed.stderr
+    assert (
+        "--n-windows" in completed.stdout and "--quantiles" in completed.stdout and "--overwrite" in completed.stdout
+    )
+    assert completed.stdout.rstrip().endswith("torch imported: False")
 
 
 def test_cli_backtest_errors_are_one_line(tmp_path, capsys, preprocessor, etth1):
