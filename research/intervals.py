@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from balm_hf.artifacts import TRAINING_INFO_FILE, collect_environment_info
+from balm_hf.artifacts import TRAINING_INFO_FILE, _read_folder, collect_environment_info
 from balm_hf.calibration import CALIBRATION_FILE, INTERVAL_RESULTS_FILE, ConformalCalibration, interval_table
 from balm_hf.training.evaluation import load_saved_run
 from balm_hf.training.intervals import (
@@ -77,6 +77,49 @@ def in_sample_coverage(residuals: np.ndarray, calibration: ConformalCalibration,
     return float((((residuals >= low) & (residuals <= high)) & observed).sum() / observed.sum())
 
 
+def diagnose(results: dict[str, Any], parts: int = 4) -> dict[str, Any]:
+    """What `interval_results.json` itself says about a miss: the model's width over the width calibrated on the test
+    residuals themselves (below 1: the test errors spread more than the validation errors), its coverage per part
+    of the horizon, and which levels miss the goal."""
+    model = results["models"][0]
+    by_part: dict[str, list[float]] = {}
+    for level, steps in model["coverage_by_step"].items():
+        bounds = np.linspace(0, len(steps), parts + 1).astype(int)
+        by_part[level] = [float(np.mean(steps[start:end])) for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
+    return {
+        "width_over_oracle_width": {
+            level: model["width"][level] / model["oracle_width"][level] for level in model["width"]
+        },
+        "coverage_by_horizon_quarter": by_part,
+        "misses_goal": {
+            level: abs(model["coverage"][level] - float(level)) * 100 > COVERAGE_GOAL_POINTS
+            for level in model["coverage"]
+        },
+    }
+
+
+def collect(folder: Path) -> dict[str, Any]:
+    """The figures that training wrote (`evaluation.calibrate`): the folder's calibration and `interval_results.json`,
+    read and checked as the folder contract does (the results must belong to the calibration), nothing recomputed."""
+    trained = _read_folder(folder, strict=True)
+    if trained.calibration is None or not trained.interval_results:
+        raise FileNotFoundError(f"{folder} holds no calibration and interval results written by training")
+    calibration, results = trained.calibration, trained.interval_results
+    return {
+        "calibrated_here": False,
+        "source": f"{INTERVAL_RESULTS_FILE} written by the training run (evaluation.calibrate), read back unchanged",
+        "calibration": {
+            "num_windows": calibration.num_windows,
+            "split": calibration.split,
+            "levels": f"{len(calibration.levels)} levels from {calibration.levels[0]:g} to {calibration.levels[-1]:g}",
+        },
+        "timings_s": {"calibrate_and_score_in_training_s": results.get("seconds")},
+        "results": results,
+        "diagnostics": diagnose(results),
+        "training_info": trained.training_info,
+    }
+
+
 def measure(folder: Path, batch_size: int | None, overwrite: bool) -> dict[str, Any]:
     """Forecast both held-out splits, calibrate (unless present), score the test split; the figures and diagnostics."""
     timings: dict[str, float] = {}
@@ -111,8 +154,8 @@ def measure(folder: Path, batch_size: int | None, overwrite: bool) -> dict[str, 
     results = write_interval_files(folder, results=results) or results
     validation_residuals = forecast_residuals(forecasts["validation"])
     test_residuals = forecast_residuals(forecasts["test"])
-    model = results["models"][0]
     diagnostics = {
+        **diagnose(results),
         "validation_coverage": {
             f"{level:g}": in_sample_coverage(validation_residuals, calibration, level)
             for level in results["interval_levels"]
@@ -120,13 +163,6 @@ def measure(folder: Path, batch_size: int | None, overwrite: bool) -> dict[str, 
         "residual_spread": {
             "validation": residual_spread(validation_residuals),
             "test": residual_spread(test_residuals),
-        },
-        "width_over_oracle_width": {
-            level: model["width"][level] / model["oracle_width"][level] for level in model["width"]
-        },
-        "misses_goal": {
-            level: abs(model["coverage"][level] - float(level)) * 100 > COVERAGE_GOAL_POINTS
-            for level in model["coverage"]
         },
     }
     return {
@@ -136,6 +172,7 @@ def measure(folder: Path, batch_size: int | None, overwrite: bool) -> dict[str, 
             "split": calibration.split,
             "levels": f"{len(calibration.levels)} levels from {calibration.levels[0]:g} to {calibration.levels[-1]:g}",
         },
+        "source": "validation and test splits forecast by this script",
         "timings_s": {name: round(value, 1) for name, value in timings.items()},
         "results": results,
         "diagnostics": diagnostics,
@@ -170,6 +207,22 @@ def build_record(folder: Path, measured: dict[str, Any], command: str) -> dict[s
     }
 
 
+def diagnosis(diagnostics: dict[str, Any]) -> str:
+    """One sentence of the diagnostics of a result file."""
+    parts = [
+        "width over the width calibrated on the test residuals themselves: "
+        + ", ".join(f"{value:.2f} ({level})" for level, value in diagnostics["width_over_oracle_width"].items())
+    ]
+    if "validation_coverage" in diagnostics:
+        spread = diagnostics["residual_spread"]
+        parts.append(
+            "coverage of the validation split itself: "
+            + ", ".join(f"{value:.3f} ({level})" for level, value in diagnostics["validation_coverage"].items())
+        )
+        parts.append(f"residual RMS validation {spread['validation']['rmse']:.3f}, test {spread['test']['rmse']:.3f}")
+    return "Diagnostics: " + "; ".join(parts) + "."
+
+
 def write_table(folder: Path) -> Path:
     """Rewrite `folder/README.md`: one table of the coverage, width and WQL of every result file in `folder`."""
     lines = [
@@ -181,8 +234,9 @@ def write_table(folder: Path) -> Path:
         "values inside the central interval (goal: within 3 points of nominal), width the mean width on the",
         "standardised scale, WQL the weighted quantile loss over the levels 0.1, ..., 0.9 in the data's units. The",
         "seasonal-naive reference is calibrated the same way on the same validation split. Each JSON file holds the",
-        "command, revisions, machine, versions, settings and the diagnostics (validation coverage, residual spread",
-        "per horizon quarter).",
+        "command, revisions, machine, versions, settings and the diagnostics (coverage per horizon quarter, width",
+        "over the width the test residuals themselves give, and when the script forecast the validation split too,",
+        "the validation coverage and residual spread).",
         "",
     ]
     for path in sorted(folder.glob("*.json")):
@@ -191,7 +245,6 @@ def write_table(folder: Path) -> Path:
         header, rows = interval_table(results)
         training = record["training"]
         diagnostics = record["diagnostics"]
-        spread = diagnostics["residual_spread"]
         lines += [
             f"## {results['dataset']}, L={results['context_length']}, H={results['prediction_length']} ([{path.name}]"
             f"({path.name}))",
@@ -203,13 +256,9 @@ def write_table(folder: Path) -> Path:
             f"{results['num_windows']} test windows x {len(results['columns'])} channels, calibrated on "
             f"{record['calibration']['num_windows']} validation windows; model `{training['experiment']}` trained "
             f"{training['epochs_completed']} epochs (capped at {training['num_train_epochs']}) at "
-            f"`{training['git_revision']}`, measured at `{record['git_revision']}` on a {record['machine']}. "
-            "Coverage of the validation split itself: "
-            + ", ".join(f"{value:.3f} ({level})" for level, value in diagnostics["validation_coverage"].items())
-            + f"; residual RMS validation {spread['validation']['rmse']:.3f}, test {spread['test']['rmse']:.3f}; "
-            "width over the width calibrated on the test residuals themselves: "
-            + ", ".join(f"{value:.2f} ({level})" for level, value in diagnostics["width_over_oracle_width"].items())
-            + ".",
+            f"`{training['git_revision']}`, measured at `{record['git_revision']}` on a {record['machine']}.",
+            "",
+            diagnosis(diagnostics),
             "",
             f"`{record['command']}`",
             "",
@@ -229,12 +278,20 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="recalibrate a folder that holds a calibration, and replace an existing --output",
     )
+    parser.add_argument(
+        "--from-training",
+        action="store_true",
+        help="forecast nothing: record the calibration and interval_results.json that training wrote into the folder "
+        "(without the diagnostics that need the validation forecasts)",
+    )
     args = parser.parse_args(argv)
-    for path in (args.output, args.folder / INTERVAL_RESULTS_FILE):
+    checked = [args.output] if args.from_training else [args.output, args.folder / INTERVAL_RESULTS_FILE]
+    for path in checked:
         if path.exists() and not args.overwrite:
             parser.error(f"{path} already exists; pass --overwrite to replace it")
     command = "python -m research.intervals " + " ".join(shlex.quote(arg) for arg in (argv or sys.argv[1:]))
-    record = build_record(args.folder, measure(args.folder, args.batch_size, args.overwrite), command)
+    measured = collect(args.folder) if args.from_training else measure(args.folder, args.batch_size, args.overwrite)
+    record = build_record(args.folder, measured, command)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     header, rows = interval_table(record["results"])
