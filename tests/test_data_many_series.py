@@ -17,7 +17,7 @@ from balm_hf import BalmTsfPreprocessor, load_forecasting_dataset
 from balm_hf.artifacts import read_eval_results, validate_folder
 from balm_hf.cli import main as cli_main
 from balm_hf.data import item_series_index
-from balm_hf.training import evaluate_pretrained
+from balm_hf.training import evaluate_pretrained, load_experiment_config
 
 
 FIXTURE_FOLDER = Path(__file__).parent / "fixtures" / "checkpoint_v0_1_0"
@@ -446,3 +446,23 @@ def test_training_on_a_long_csv_and_reevaluating_the_folder(tmp_path, capsys):
     # re-evaluating the folder reloads the long CSV with the saved data settings and gives its numbers exactly
     reevaluated, _ = evaluate_pretrained(final, output_dir=tmp_path / "scratch")
     assert reevaluated == rows
+
+
+def test_the_data_section_passes_the_long_data_settings_to_the_loader(tmp_path, monkeypatch):
+    from balm_hf.training import trainer
+
+    seen: dict = {}
+    monkeypatch.setattr(trainer, "load_forecasting_dataset", lambda *args, **kwargs: seen.update(kwargs) or "splits")
+    experiment = tmp_path / "long.yaml"
+    # YAML reads unquoted timestamps as dates; they are kept as text
+    experiment.write_text("data:\n  dataset: long.csv\n  cutoff: 2021-03-01 12:00:00\n  test_cutoff: 2021-03-05\n")
+    overrides = ["data.id_column=item_id", "data.drop_short=true"]
+    config = load_experiment_config(experiment, overrides)
+    assert trainer.build_datasets(config) == "splits"
+    assert seen["id_column"] == "item_id" and seen["drop_short"] is True
+    assert seen["cutoff"] == "2021-03-01 12:00:00" and seen["test_cutoff"] == "2021-03-05"
+    assert load_experiment_config(None, ["data.cutoff=2021-03-01"]).data.cutoff == "2021-03-01"
+    with pytest.raises(ValueError, match="`data.test_cutoff` needs `data.cutoff`"):
+        load_experiment_config(None, ["data.test_cutoff=2021-03-01"])
+    with pytest.raises(ValueError, match="`data.drop_short`.*needs `data.id_column`"):
+        load_experiment_config(None, ["data.drop_short=true"])

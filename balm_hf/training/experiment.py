@@ -124,7 +124,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if isinstance(value, str):
             return value
         if isinstance(value, datetime.date):  # YAML reads an unquoted 2021-03-01 as a date
-            return value.isoformat()
+            return str(value)
         raise ValueError(f"`{key}` must be a string, got {value!r}")
     if origin is dict or hint is dict:
         if isinstance(value, Mapping):
@@ -648,7 +648,7 @@ def _parse_override(override: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as error:
         raise ValueError(f"Override {override!r}: cannot parse the value as YAML ({error})") from None
-    return path, value
+    return path, json.loads(json.dumps(value, default=str))  # plain data, dates as text
 
 
 def apply_overrides(values: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
