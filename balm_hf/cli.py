@@ -1,4 +1,4 @@
-"""The `balm-tsf` command line: forecast, push, train and evaluate.
+"""The `balm-tsf` command line: forecast, push, train, evaluate, calibrate and backtest.
 
 Only the standard library is imported at module level, so that `balm-tsf --help` (and every `--help`) answers
 without importing torch; each command imports what it needs when it runs.
@@ -843,6 +843,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     balm-tsf train --config configuration/long_term/etth1_96.yaml --set training.learning_rate=0.005 --data.percent 10
     balm-tsf forecast --model outputs/balm-tsf-csv/final --input my.csv --output forecast.csv --plot forecast.png
     balm-tsf evaluate outputs/etth1_96/final --drop-last-test-batch --results results/eval_results.json
+    balm-tsf calibrate outputs/old_run/final --evaluate-test  # intervals for a folder trained without them
     balm-tsf push --folder outputs/etth1_96/final --repo-id me/balm-tsf-etth1-96 --dry-run
     ```
 
