@@ -47,6 +47,11 @@ def _cpu_model() -> str:
     return "unknown CPU"
 
 
+def _epochs(count: Any) -> str:
+    number = f"{count:g}" if isinstance(count, (int, float)) else str(count)
+    return f"{number} epoch" + ("" if number == "1" else "s")
+
+
 def residual_spread(residuals: np.ndarray, parts: int = 4) -> dict[str, Any]:
     """Mean absolute residual and RMS (standardised), overall and per consecutive part of the horizon."""
     horizon = residuals.shape[1]
@@ -115,7 +120,13 @@ def collect(folder: Path) -> dict[str, Any]:
         },
         "timings_s": {"calibrate_and_score_in_training_s": results.get("seconds")},
         "results": results,
-        "diagnostics": diagnose(results),
+        "diagnostics": {
+            **diagnose(results),
+            "mse": {
+                "validation_monitored_by_training": trained.training_info.get("best_validation_mse"),
+                "test": next((row["mse"] for row in trained.eval_rows if not row["drop_last"]), None),
+            },
+        },
         "training_info": trained.training_info,
     }
 
@@ -199,7 +210,7 @@ def build_record(folder: Path, measured: dict[str, Any], command: str) -> dict[s
             "epochs_completed": info.get("epochs_completed"),
             "best_validation_mse": info.get("best_validation_mse"),
             "wall_time_s": info.get("wall_time_s"),
-            "note": f"trained for at most {training.get('num_train_epochs')} epochs (a cap for CPU time), not to "
+            "note": f"trained for at most {_epochs(training.get('num_train_epochs'))} (a cap for CPU time), not to "
             "convergence",
             "experiment_settings": experiment,
         },
@@ -213,6 +224,12 @@ def diagnosis(diagnostics: dict[str, Any]) -> str:
         "width over the width calibrated on the test residuals themselves: "
         + ", ".join(f"{value:.2f} ({level})" for level, value in diagnostics["width_over_oracle_width"].items())
     ]
+    if "mse" in diagnostics:
+        mse = diagnostics["mse"]
+        parts.append(
+            f"MSE of the validation items training monitored {mse['validation_monitored_by_training']:.3f}, "
+            f"of the test split {mse['test']:.3f}"
+        )
     if "validation_coverage" in diagnostics:
         spread = diagnostics["residual_spread"]
         parts.append(
@@ -255,8 +272,14 @@ def write_table(folder: Path) -> Path:
             "",
             f"{results['num_windows']} test windows x {len(results['columns'])} channels, calibrated on "
             f"{record['calibration']['num_windows']} validation windows; model `{training['experiment']}` trained "
-            f"{training['epochs_completed']} epochs (capped at {training['num_train_epochs']}) at "
-            f"`{training['git_revision']}`, measured at `{record['git_revision']}` on a {record['machine']}.",
+            f"{_epochs(training['epochs_completed'])} (capped at {training['num_train_epochs']}) at "
+            f"`{training['git_revision']}`"
+            + (
+                ", figures computed by that training run"
+                if "training run" in record.get("source", "")
+                else f", figures measured by this script at `{record['git_revision']}`"
+            )
+            + f", on a {record['machine']}.",
             "",
             diagnosis(diagnostics),
             "",
