@@ -67,6 +67,8 @@ def test_per_series_statistics_for_known_and_unknown_items():
         preprocessor.statistics_for("new", ["load"])
     with pytest.raises(ValueError, match=r"shape \[rows, 2\]"):
         preprocessor.statistics_for("new", ["load", "temp"], history=np.zeros((4, 3)))
+    with pytest.raises(ValueError, match="'new' holds an infinite value in column 'temp' at row 1"):
+        preprocessor.statistics_for("new", ["load", "temp"], history=np.array([[1.0, 2.0], [2.0, np.inf]]))
     with pytest.raises(ValueError, match=r"no finite value in column\(s\) \['temp'\]"):
         preprocessor.statistics_for("new", ["load", "temp"], history=np.array([[1.0, np.nan], [2.0, np.nan]]))
     with pytest.raises(ValueError, match="'wind'"):

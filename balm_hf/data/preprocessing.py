@@ -236,7 +236,12 @@ class BalmTsfPreprocessor(FeatureExtractionMixin):
                 f"`history` of series {str(item_id)!r} must have shape [rows, {len(columns)}] (columns {columns}), "
                 f"got {values.shape}"
             )
-        values = np.where(np.isfinite(values), values, np.nan)
+        if np.isinf(values).any():
+            row, column = (int(i) for i in np.argwhere(np.isinf(values))[0])
+            raise ValueError(
+                f"`history` of series {str(item_id)!r} holds an infinite value in column {columns[column]!r} at row "
+                f"{row}"
+            )
         empty = [column for column, count in zip(columns, np.isfinite(values).sum(axis=0), strict=True) if count == 0]
         if empty:
             raise ValueError(f"`history` of series {str(item_id)!r} has no finite value in column(s) {empty}")
