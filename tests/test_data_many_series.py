@@ -13,7 +13,7 @@ import yaml
 from conftest import DATA_DIR
 from test_cli import TINY_OVERRIDES
 
-from balm_hf import BalmTsfPreprocessor, load_forecasting_dataset
+from balm_hf import BalmTsfForecaster, BalmTsfPreprocessor, load_forecasting_dataset
 from balm_hf.artifacts import read_eval_results, validate_folder
 from balm_hf.cli import main as cli_main
 from balm_hf.data import item_series_index
@@ -448,6 +448,11 @@ def test_training_on_a_long_csv_and_reevaluating_the_folder(tmp_path, capsys):
     # re-evaluating the folder reloads the long CSV with the saved data settings and gives its numbers exactly
     reevaluated, _ = evaluate_pretrained(final, output_dir=tmp_path / "scratch")
     assert reevaluated == rows
+    # the folder forecasts each series in its own units, from its own stored statistics
+    forecaster = BalmTsfForecaster.from_pretrained(final)
+    forecasts = forecaster.predict_df(etth1_long(), timestamp_column="date", target="y", quantile_levels=[0.1, 0.9])
+    assert forecasts.groupby("item_id").size().to_dict() == {"HUFL": 16, "MUFL": 16, "OT": 16}
+    assert np.isfinite(forecasts[["predictions", "0.1", "0.9"]].to_numpy()).all()
 
 
 def test_the_data_section_passes_the_long_data_settings_to_the_loader(tmp_path, monkeypatch):
