@@ -4,7 +4,8 @@ A block runs in the default suite unless an HTML comment on the line before its 
 `<!-- slow: REASON -->` runs it only with `-m slow`, `<!-- not run: REASON -->` never runs it. Both need a reason.
 Blocks run from the root of a copy of the repository whose `../shared` is the project's shared folder, with the
 offline setup of the README, so that relative paths resolve as in a fresh clone. The quick blocks find a trained
-folder at the path `balm-tsf train` writes, made first from a tiny model; the slow blocks start from a bare copy.
+folder at the path `balm-tsf train` writes, made first from a tiny model and calibrated as training does; the slow
+blocks start from a bare copy.
 """
 
 from __future__ import annotations
@@ -133,6 +134,7 @@ def block_environment(repo: Path) -> dict[str, str]:
         HF_EVALUATE_OFFLINE="1",
         TOKENIZERS_PARALLELISM="false",
         BALM_TSF_DATA_DIR="../shared/datasets",
+        HF_HUB_CACHE=str(hub_cache(repo)),
         PYTHONPATH=str(repo),
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
         MPLBACKEND="Agg",
@@ -156,12 +158,41 @@ def run_block(block: Block, repo: Path, timeout: float) -> None:
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
-    """A fresh copy with a trained folder (a tiny model) where `balm-tsf train` writes the default experiment's."""
+    """
+    A fresh copy with a trained folder (a tiny model) where `balm-tsf train` writes the default experiment's,
+    calibrated on its validation split as `balm-tsf train` calibrates its final folder.
+    """
+    from conftest import DATA_DIR
     from test_hub import build_trained_folder
 
+    from balm_hf.calibration import calibrate_folder
+
     repo = make_workspace(tmp_path_factory.mktemp("clone"))
-    build_trained_folder(repo / DEFAULT_FOLDER)
+    folder = build_trained_folder(repo / DEFAULT_FOLDER)
+    calibrate_folder(folder, data_dir=DATA_DIR)
+    cache_backbone(folder, hub_cache(repo))
     return repo
+
+
+def hub_cache(repo: Path) -> Path:
+    """The Hub cache of the blocks run in `repo` (`HF_HUB_CACHE`), beside the copy."""
+    return repo.parent / "hub-cache"
+
+
+def cache_backbone(folder: Path, cache: Path) -> None:
+    """
+    Put the tiny folder's own backbone into the Hub cache under the id the folder records, laid out as a download
+    leaves it, as the real backbone of a trained folder is on a user's machine: a lean copy of the folder (what
+    `balm-tsf push` uploads by default) then rebuilds and verifies its backbone offline.
+    """
+    from balm_hf import BalmTsfForForecasting
+
+    model = BalmTsfForForecasting.from_pretrained(folder)
+    repo = cache / ("models--" + model.config.llm_name_or_path.replace("/", "--"))
+    commit = "0" * 40
+    model.get_text_encoder().llm.save_pretrained(repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
 
 
 # -- the blocks -------------------------------------------------------------------------------------------------------
