@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 
 from .data import parse_timestamps
+from .data.timestamps import default_season_length
 from .forecasting import BalmTsfForecaster
 from .metrics import compute_forecasting_metrics, weighted_quantile_loss
 
@@ -24,36 +25,6 @@ CUTOFF_COLUMN = "cutoff"
 WINDOW_COLUMN = "window"
 TARGET_VALUE_COLUMN = "target_value"
 OVERALL = "overall"
-
-# Default season length of the MASE scale per sampling interval: one day of hourly or 15-minute data, one week of
-# daily data. Any other frequency gets 1 (the naive forecast).
-_SEASON_LENGTHS = {pd.Timedelta(hours=1): 24, pd.Timedelta(minutes=15): 96, pd.Timedelta(days=1): 7}
-
-
-def default_season_length(frequency: str | None) -> int:
-    r"""
-    The season length `m` of the MASE scale for a sampling frequency: 24 for hourly data (a daily cycle), 96 for
-    15-minute data (a daily cycle), 7 for daily data (a weekly cycle), and 1 (the naive forecast) for any other or
-    unknown frequency.
-
-    Args:
-        frequency (`str`, *optional*): a pandas frequency alias such as `"h"`, `"15min"` or `"D"`.
-
-    Example:
-
-    ```python
-    >>> from balm_hf.backtesting import default_season_length
-    >>> [default_season_length(frequency) for frequency in ("h", "15min", "D", "W")]
-    [24, 96, 7, 1]
-    ```
-    """
-    if frequency is None:
-        return 1
-    try:
-        interval = pd.Timedelta(pd.tseries.frequencies.to_offset(frequency))
-    except (ValueError, TypeError):
-        return 1  # calendar frequencies (months, business days) have no fixed interval
-    return _SEASON_LENGTHS.get(interval, 1)
 
 
 @dataclass

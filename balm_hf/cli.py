@@ -242,7 +242,8 @@ def run_forecast(args: argparse.Namespace) -> int:
 
     _check_forecast_outputs(args)
     input_path = Path(args.input)
-    history = pd.read_csv(input_path)
+    # Series ids are text, as the loader reads them: "001" stays "001" and finds its trained statistics.
+    history = pd.read_csv(input_path, dtype={args.id_column or "item_id": str})
     load_kwargs = {"revision": args.revision} if args.revision else {}
     forecaster = BalmTsfForecaster.from_pretrained(args.model, device=args.device, **load_kwargs)
     date_column = args.date_column or forecaster.preprocessor.date_column or "date"
@@ -567,7 +568,7 @@ def _add_backtest_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot-item", default=None, help="the item to plot (default: the first)")
     parser.add_argument("--plot-target", nargs="+", default=None, help="the target(s) to plot (default: all)")
     parser.add_argument("--freq", default=None, help="pandas frequency of the timestamps (default: inferred)")
-    parser.add_argument("--batch-size", type=int, default=None, help="series per model call (default: 1024)")
+    parser.add_argument("--batch-size", type=int, default=None, help="series per model call (default: 256)")
     parser.add_argument("--device", default=None, help="torch device, e.g. 'cuda' (default: cpu)")
     parser.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of --model")
     parser.add_argument(
@@ -613,7 +614,8 @@ def run_backtest(args: argparse.Namespace) -> int:
 
     _check_backtest_outputs(args)
     input_path = Path(args.input)
-    data = pd.read_csv(input_path)
+    # Series ids are text, as the loader reads them: "001" stays "001" and finds its trained statistics.
+    data = pd.read_csv(input_path, dtype={args.id_column or "item_id": str})
     load_kwargs = {"revision": args.revision} if args.revision else {}
     forecaster = BalmTsfForecaster.from_pretrained(args.model, device=args.device, **load_kwargs)
     id_column = args.id_column or "item_id"

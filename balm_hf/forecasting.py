@@ -628,9 +628,27 @@ class BalmTsfForecaster:
                 self.preprocessor.frequency,
             )
         _check_statistics(means, stds, names, targets)
+        self._warn_unknown_items(uniques, id_column)
 
         points = self._forecast_long(values, tails, means, stds, names, targets, model_order, chunk, show_progress)
         return self._long_frame(uniques, futures, points, stds, targets, levels, names, id_column, timestamp_column)
+
+    def _warn_unknown_items(self, uniques: Any, id_column: str) -> None:
+        """With per-series scaling, say which items had no trained statistics (each was scaled by its own rows)."""
+        if self.preprocessor.scaling != "per_series":
+            return
+        known = self.preprocessor.series_statistics or {}
+        unknown = [key for key in _python_values(uniques) if str(key) not in known]
+        if unknown:
+            shown = ", ".join(repr(str(key)) for key in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+            logger.warning(
+                "%d of %d items (%s) have no statistics from training, so each is scaled by all of its given rows; "
+                "ids are compared as text (%r as written in the training data)",
+                len(unknown),
+                len(uniques),
+                shown,
+                id_column,
+            )
 
     def _long_targets(self, target: str | Sequence[str]) -> list[str]:
         """The target columns as a list: known to the model, no repeats, all of the model's for a multichannel one."""

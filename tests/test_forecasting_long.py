@@ -354,3 +354,43 @@ def test_forecast_windows_takes_per_series_statistics(folder):
     shifted = forecaster.forecast_windows(windows * 3 + 10, mean=np.full((2, 1), 10.0), std=np.full((2, 1), 3.0))
     assert unit.shape == (2, PREDICTION_LENGTH, 1) and unit.dtype == np.float64
     np.testing.assert_allclose(shifted, unit * 3 + 10, rtol=1e-12)
+
+
+def test_items_without_trained_statistics_are_named_in_a_warning(etth1, caplog):
+    """An id written otherwise than in the training data (1 for "001") would be scaled by its own rows: say so."""
+    stored = {"001": {"mean": [5.0], "std": [2.0]}}
+    preprocessor = BalmTsfPreprocessor(
+        ["y"], "y", mean=[0.0], std=[1.0], scaling="per_series", series_statistics=stored
+    )
+    forecaster = BalmTsfForecaster(tiny_model(**FAST_MODE_SWITCHES).eval(), preprocessor)
+    residuals = np.random.default_rng(0).normal(size=(200, PREDICTION_LENGTH, 1))
+    forecaster.calibration = ConformalCalibration.from_residuals(residuals, ["y"])
+    history = etth1.iloc[:120]
+    frame = pd.DataFrame({"item_id": "001", "timestamp": history["date"], "y": history["OT"]})
+    with caplog.at_level(logging.WARNING, logger="balm_hf.forecasting"):
+        known = forecaster.predict_df(frame, target="y", quantile_levels=[0.1, 0.9])
+    assert not caplog.records
+    with caplog.at_level(logging.WARNING, logger="balm_hf.forecasting"):
+        renamed = forecaster.predict_df(frame.assign(item_id=1), target="y", quantile_levels=[0.1, 0.9])
+    assert "1 of 1 items ('1') have no statistics from training" in caplog.text
+    # The point forecast does not depend on the scaling (the model normalises each window itself); the intervals do.
+    width = {name: (result["0.9"] - result["0.1"]).to_numpy() for name, result in (("known", known), ("1", renamed))}
+    np.testing.assert_allclose(width["1"], width["known"] * history["OT"].std(ddof=0) / 2.0, rtol=1e-9)
+
+
+def test_cli_reads_series_ids_as_text(etth1, tmp_path):
+    stored = {"001": {"mean": [5.0], "std": [2.0]}}
+    preprocessor = BalmTsfPreprocessor(
+        ["OT"], "OT", mean=[0.0], std=[1.0], scaling="per_series", series_statistics=stored
+    )
+    folder = build_trained_folder(tmp_path / "per_series", preprocessor, **FAST_MODE_SWITCHES)
+    history = etth1.iloc[:120]
+    frame = pd.DataFrame({"item_id": "001", "timestamp": history["date"], "OT": history["OT"]})
+    frame.to_csv(tmp_path / "long.csv", index=False)
+    output = tmp_path / "forecast.csv"
+    arguments = ["forecast", "--model", str(folder), "--input", str(tmp_path / "long.csv"), "--output", str(output)]
+    assert cli_main([*arguments, "--format", "long", "--target", "OT"]) == 0
+    written = pd.read_csv(output, dtype={"item_id": str})
+    expected = BalmTsfForecaster.from_pretrained(folder).predict_df(frame, target="OT")
+    assert (written["item_id"] == "001").all()
+    np.testing.assert_allclose(written["predictions"], expected["predictions"], rtol=1e-12)

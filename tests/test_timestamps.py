@@ -113,3 +113,12 @@ def test_the_data_library_does_not_import_the_model():
         "assert 'balm_hf.models.balm_tsf.modeling_balm_tsf' in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_default_season_length_reads_old_upper_case_aliases_and_warns_on_unknown_ones(caplog):
+    from balm_hf.data.timestamps import default_season_length
+
+    assert [default_season_length(f) for f in ("H", "2H", "15T", "h", "D")] == [24, 1, 96, 24, 7]
+    with caplog.at_level(logging.WARNING, logger="balm_hf.data.timestamps"):
+        assert default_season_length("fortnightly") == 1
+    assert "'fortnightly' is not a pandas alias" in caplog.text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from typing import Any
 
@@ -209,3 +210,55 @@ def infer_frequency(dates: pd.DatetimeIndex) -> str | None:
         except (ValueError, TypeError):
             return None
     return getattr(frequency, "freqstr", frequency)
+
+
+# Default season length per sampling interval: one day of hourly or 15-minute data, one week of daily data.
+_SEASON_LENGTHS = {pd.Timedelta(hours=1): 24, pd.Timedelta(minutes=15): 96, pd.Timedelta(days=1): 7}
+# Upper-case aliases of older pandas versions (still found in saved preprocessors), by their current names.
+_LEGACY_ALIASES = {"H": "h", "T": "min", "S": "s", "L": "ms", "U": "us", "N": "ns"}
+
+
+def _to_offset(frequency: str) -> Any:
+    try:
+        return pd.tseries.frequencies.to_offset(frequency)
+    except ValueError:
+        match = re.fullmatch(r"(\d*)([A-Z])", frequency)
+        if match is None or match.group(2) not in _LEGACY_ALIASES:
+            raise
+        return pd.tseries.frequencies.to_offset(match.group(1) + _LEGACY_ALIASES[match.group(2)])
+
+
+def default_season_length(frequency: str | None) -> int:
+    r"""
+    The season length `m` used by default for seasonal scales and references (MASE, the seasonal-naive forecast): 24
+    for hourly data, 96 for 15-minute data, 7 for daily data, 1 (the naive forecast) for any other or no frequency.
+
+    Args:
+        frequency (`str`, *optional*): a pandas frequency alias such as `"h"`, `"15min"` or `"D"` (the upper-case
+            aliases of older pandas versions, `"H"` or `"15T"`, are read too). An alias pandas cannot read gives 1
+            with a warning.
+
+    Example:
+
+    ```python
+    >>> from balm_hf.data.timestamps import default_season_length
+    >>> [default_season_length(frequency) for frequency in ("h", "H", "15min", "D", "W")]
+    [24, 24, 96, 7, 1]
+    ```
+    """
+    if frequency is None:
+        return 1
+    try:
+        offset = _to_offset(frequency)
+    except (ValueError, TypeError):
+        logger.warning(
+            "the frequency %r is not a pandas alias: the season length defaults to 1 (the naive forecast); pass the "
+            "season length explicitly",
+            frequency,
+        )
+        return 1
+    try:
+        interval = pd.Timedelta(offset)
+    except (ValueError, TypeError):
+        return 1  # calendar frequencies (months, business days) have no fixed interval
+    return _SEASON_LENGTHS.get(interval, 1)

@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 
 from ..artifacts import MODEL_CARD_FILE, PREPROCESSOR_FILE, TRAINING_INFO_FILE, git_revision
-from ..backtesting import default_season_length
 from ..calibration import (
     CALIBRATION_FILE,
     DEFAULT_LEVELS,
@@ -31,6 +30,7 @@ from ..calibration import (
     supported_levels,
 )
 from ..data import item_series_index
+from ..data.timestamps import default_season_length
 from ..metrics import weighted_quantile_loss
 from .trainer import ForecastOutput, canonical_item_order
 
@@ -106,7 +106,7 @@ def seasonal_naive_forecasts(dataset: Any, season: int, chunk_size: int = 4096) 
     Args:
         dataset: a split of [`~data.load_forecasting_dataset`].
         season (`int`): the season length, at most the context length (see
-            [`~balm_hf.backtesting.default_season_length`]).
+            [`~balm_hf.data.timestamps.default_season_length`]).
         chunk_size (`int`, *optional*): items read at a time.
 
     Returns:
@@ -329,7 +329,7 @@ def interval_results(
         interval_levels, wql_levels: see [`interval_scores`].
         reference (`bool`, *optional*, defaults to `True`): also score the seasonal-naive reference.
         season (`int`, *optional*):
-            Its season; defaults to [`~balm_hf.backtesting.default_season_length`] of the data's frequency.
+            Its season; defaults to [`~balm_hf.data.timestamps.default_season_length`] of the data's frequency.
         split (`str`, *optional*, defaults to `"test"`): the evaluated split.
     """
     preprocessor = splits.preprocessor
@@ -629,7 +629,7 @@ def evaluate_intervals(
     interval), the mean width (standardised and in the data's units) and the width that intervals calibrated on the
     test residuals themselves would have (`oracle_width`, which tells whether the test residuals spread more than the
     calibration split's); and the weighted quantile loss over `wql_levels` in the data's units. Beside the model, a
-    seasonal-naive forecast (season from the data's frequency, [`~balm_hf.backtesting.default_season_length`])
+    seasonal-naive forecast (season from the data's frequency, [`~balm_hf.data.timestamps.default_season_length`])
     calibrated the same way on the same calibration split. A model card rendered by `render_model_card` is
     re-rendered to show them.
 
