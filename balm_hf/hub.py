@@ -39,7 +39,7 @@ from .artifacts import (
 )
 from .calibration import ConformalCalibration, interval_table
 from .data import get_split_config
-from .models.balm_tsf.backbones import _PACKAGED_BACKBONES, PAPER_BACKBONE
+from .models.balm_tsf.backbones import _PACKAGED_BACKBONES, PAPER_BACKBONE, backbone_revision
 from .models.balm_tsf.configuration_balm_tsf import BalmTsfConfig
 from .models.balm_tsf.modeling_balm_tsf import LLM_REFERENCE_KEY, BalmTsfForForecasting, backbone_reference
 
@@ -641,9 +641,11 @@ def _write_lean_weights(source: Path, target: Path, config: BalmTsfConfig) -> No
                     frozen[key.removeprefix(prefix)] = weights.get_tensor(key)
                 else:
                     trained[key] = weights.get_tensor(key)
-    # The hashes are those of the backbone tensors exactly as the full folder stores them.
+    # The hashes are those of the backbone tensors exactly as the full folder stores them; the revision is the commit
+    # of the backbone in the local Hub cache, when it is there, so that users fetch the weights it was checked against.
+    revision = backbone_revision(config.llm_name_or_path)
     reference = backbone_reference(
-        frozen, config.llm_name_or_path, None, config.llm_layers, getattr(config, "llm_gguf_file", None)
+        frozen, config.llm_name_or_path, revision, config.llm_layers, getattr(config, "llm_gguf_file", None)
     )
     save_file(trained, str(target / WEIGHTS_FILE), metadata={"format": "pt"})
     raw = json.loads((source / CONFIG_FILE).read_text(encoding="utf-8"))

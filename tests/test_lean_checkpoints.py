@@ -339,6 +339,24 @@ def test_push_is_lean_by_default_and_forecasts_exactly_what_the_full_folder_fore
     assert "full checkpoint" in (tmp_path / "full" / "README.md").read_text()
 
 
+def test_a_lean_push_records_the_commit_of_the_cached_backbone(trained, tmp_path, monkeypatch):
+    """A backbone in the local Hub cache is pinned to its commit, which the copy then loads from (offline here)."""
+    import huggingface_hub.constants
+
+    from balm_hf.hub import prepare_upload_folder
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--openai-community--gpt2"
+    BalmTsfForForecasting.from_pretrained(trained["full"]).get_text_encoder().llm.save_pretrained(
+        repo / "snapshots" / commit
+    )
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    prepared = prepare_upload_folder(trained["full"], tmp_path / "upload")
+    assert prepared.lean and prepared.config.llm_reference["revision"] == commit
+
+
 def test_a_lean_push_whose_backbone_cannot_be_verified_is_refused(trained, tmp_path):
     from balm_hf.hub import push_folder_to_hub
 
