@@ -49,6 +49,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--source-command", default=None, help="the command that trained --source, to record it")
     parser.add_argument(
+        "--note", action="append", default=[], help="a sentence for the README (how the rows ran), repeatable"
+    )
+    parser.add_argument(
         "--update-docs",
         action="store_true",
         help="also write the figures into research/README.md and docs/fine-tuning.md (between their markers)",
@@ -126,6 +129,7 @@ def zero_shot(args: argparse.Namespace, dataset: str) -> dict[str, Any]:
         "test_mae": test["mae"],
         "test_items": test["num_items"],
         "wall_time_s": round(time.perf_counter() - start, 1),
+        "git_revision": _short_revision(),
     }
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
@@ -147,16 +151,25 @@ def render_readme(report: dict[str, Any]) -> str:
         f"MSE is tested), seed {setting['seed']}, `data.scaler: {setting['scaler']}`. MSE and MAE on the standardised "
         f"scale of {setting['dataset']}'s train rows over its whole test split ({tuned['test_items']:,} items).",
         "",
-        "| row | test MSE | test MAE | best validation MSE (epoch) | wall time |",
-        "|---|---|---|---|---|",
+        "| row | test MSE | test MAE | best validation MSE (epoch) | wall time | code revision |",
+        "|---|---|---|---|---|---|",
     ]
     for label, row in (("fine-tuned from the checkpoint", tuned), ("from scratch", scratch)):
         best_epoch = row["validation_mse_per_epoch"].index(min(row["validation_mse_per_epoch"])) + 1
         lines.append(
             f"| {label} | {row['test_mse']:.4f} | {row['test_mae']:.4f} | {row['best_validation_mse']:.4f} "
-            f"({best_epoch}) | {row['wall_time_s'] / 60:.1f} min |"
+            f"({best_epoch}) | {row['wall_time_s'] / 60:.1f} min | `{(row['git_revision'] or 'unknown')[:7]}` |"
         )
-    lines.append(f"| the checkpoint as it is (zero-shot) | {shot['test_mse']:.4f} | {shot['test_mae']:.4f} | - | - |")
+    lines.append(
+        f"| the checkpoint as it is (zero-shot) | {shot['test_mse']:.4f} | {shot['test_mae']:.4f} | - | "
+        f"{shot['wall_time_s'] / 60:.1f} min | `{shot.get('git_revision') or 'unknown'}` |"
+    )
+    lines += [
+        "",
+        "Wall times include loading, validation and the test, and depend on the other jobs that shared the cores "
+        "while each row ran; they do not compare the two trainings' speed."
+        + "".join(f" {note}" for note in report["notes"]),
+    ]
     lines += [
         "",
         "Validation MSE per epoch (2,000 evenly spaced validation items):",
@@ -256,6 +269,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "test_mae": source_test["mae"],
         },
         "rows": [tuned, scratch, shot],
+        "notes": list(args.note),
     }
     name = f"{config.data.dataset}_L{config.data.context_length}_H{config.data.prediction_length}"
     args.results_dir.mkdir(parents=True, exist_ok=True)
