@@ -307,10 +307,15 @@ def test_loss_parts_are_non_negative_and_total_is_the_weighted_sum(weight):
     torch.testing.assert_close(output.mse_loss, expected_mse)
 
 
-def test_loss_is_none_without_future_values():
+def test_loss_is_none_without_future_values_and_the_alignment_loss_is_computed_in_training_only():
     model, inputs = BalmTsfModelTester().build(BalmTsfForForecasting)
-    output = model(past_values=inputs["past_values"])
+    output = model.train()(past_values=inputs["past_values"])
     assert output.loss is None and output.mse_loss is None and output.alignment_loss is not None
+    evaluated = model.eval()(past_values=inputs["past_values"])
+    assert evaluated.loss is None and evaluated.mse_loss is None and evaluated.alignment_loss is None
+    with_targets = model(**inputs)
+    assert with_targets.alignment_loss is not None
+    torch.testing.assert_close(evaluated.prediction_outputs, with_targets.prediction_outputs)
 
 
 def test_future_observed_mask_excludes_missing_targets_from_the_mse():

@@ -88,8 +88,9 @@ class BalmTsfForForecastingOutput(ModelOutput):
             Mean squared error of `prediction_outputs` against `future_values`, in the units of `past_values` (the
             dataset-scaled units), averaged over observed entries (batch, horizon and channels).
         alignment_loss (`torch.FloatTensor` of shape `()`):
-            InfoNCE alignment loss between the two branches (mean over `batch * channels` series). Returned on every
-            forward, since it does not need the target.
+            InfoNCE alignment loss between the two branches (mean over `batch * channels` series). It does not need
+            the target: returned in training mode and whenever `future_values` is given, `None` for a forecast in
+            evaluation mode without targets (which skips its `[batch x batch]` similarity).
         prediction_outputs (`torch.FloatTensor` of shape `[batch, prediction_length, channels]`):
             The forecast, de-normalised with the RevIN statistics.
         loc (`torch.FloatTensor` of shape `[batch, 1, channels]`):
@@ -1631,12 +1632,16 @@ class BalmTsfForForecasting(BalmTsfPreTrainedModel):
         forecast = forecast.reshape(batch, channels, config.prediction_length).permute(0, 2, 1)
         prediction = BalmTsfRevIN.invert(forecast, outputs.loc, outputs.scale)  # [batch x horizon x channels]
 
-        alignment_loss = info_nce_loss(
-            outputs.ts_embeddings,
-            outputs.text_embeddings,
-            self.log_temperature,
-            mask_own_positive=config.contrastive_mask_own_positive,
-        )
+        # The alignment loss is part of the training objective: a forecast without targets outside training skips it
+        # (a [batch x batch] similarity per call).
+        alignment_loss = None
+        if future_values is not None or self.training:
+            alignment_loss = info_nce_loss(
+                outputs.ts_embeddings,
+                outputs.text_embeddings,
+                self.log_temperature,
+                mask_own_positive=config.contrastive_mask_own_positive,
+            )
         loss = mse_loss = None
         if future_values is not None:
             expected = (batch, config.prediction_length, channels)
@@ -1647,6 +1652,7 @@ class BalmTsfForForecasting(BalmTsfPreTrainedModel):
                     f"`future_observed_mask` must have shape {expected}, got {tuple(future_observed_mask.shape)}"
                 )
             mse_loss = masked_mse_loss(prediction, future_values.to(prediction.dtype), future_observed_mask)
+            assert alignment_loss is not None
             loss = mse_loss + config.alignment_weight * alignment_loss
 
         output = BalmTsfForForecastingOutput(
