@@ -33,6 +33,7 @@ from balm_hf.training.intervals import (
     calibration_metadata,
     forecast_residuals,
     interval_results,
+    refresh_model_card,
     write_interval_files,
 )
 
@@ -163,6 +164,7 @@ def measure(folder: Path, batch_size: int | None, overwrite: bool) -> dict[str, 
     results = interval_results(forecasts["test"], calibration, run.splits)
     timings["score_s"] = time.perf_counter() - began
     results = write_interval_files(folder, results=results) or results
+    refresh_model_card(folder)  # the card's table and model-index show the figures
     validation_residuals = forecast_residuals(forecasts["validation"])
     test_residuals = forecast_residuals(forecasts["test"])
     diagnostics = {

@@ -513,9 +513,10 @@ def _check_columns(folder: Path, columns: Sequence[str]) -> None:
         raise ValueError(f"the data has the columns {list(columns)} but {path} has {saved}")
 
 
-def _rerender_card(folder: Path) -> None:
-    """Re-render a model card that `render_model_card` wrote, so that it states the intervals; leave any other."""
-    card = folder / MODEL_CARD_FILE
+def refresh_model_card(folder: str | os.PathLike) -> None:
+    """Re-render a model card that `render_model_card` wrote, so that it shows the folder's intervals; leave any
+    other `README.md` alone."""
+    card = Path(folder) / MODEL_CARD_FILE
     if card.is_file() and _RENDERED_CARD_MARKER in card.read_text(encoding="utf-8"):
         from ..hub import render_model_card
 
@@ -608,7 +609,7 @@ def calibrate_folder(
         forecasts.num_channels,
         time.perf_counter() - start,
     )
-    _rerender_card(path)
+    refresh_model_card(path)
     return calibration
 
 
@@ -663,7 +664,7 @@ def evaluate_intervals(
     )
     results["seconds"] = round(time.perf_counter() - start, 1)
     written = write_interval_files(path, results=results)
-    _rerender_card(path)
+    refresh_model_card(path)
     return typing.cast("dict[str, Any]", written)
 
 
@@ -681,6 +682,7 @@ __all__ = [
     "items_to_windows",
     "seasonal_naive_forecasts",
     "window_arrays",
+    "refresh_model_card",
     "window_scalers",
     "write_interval_files",
 ]
