@@ -623,6 +623,10 @@ def test_two_cpu_processes_train_evaluate_each_test_item_once_and_match_one_proc
     for a, b in zip(one, two, strict=True):
         assert b["mse"] == pytest.approx(a["mse"], rel=1e-5)
         assert b["mae"] == pytest.approx(a["mae"], rel=1e-5)
+    # The validation forecasts of the interval calibration are gathered the same way: each window once.
+    calibrations = [ConformalCalibration.from_pretrained(tmp_path / name / "final") for name in ("one", "two")]
+    assert calibrations[0].num_windows == calibrations[1].num_windows == TEST_ITEMS
+    np.testing.assert_allclose(calibrations[1].offsets, calibrations[0].offsets, rtol=0, atol=1e-4)
     assert_reevaluation_reproduces_the_saved_rows(tmp_path / "one" / "final", tmp_path / "scratch")
 
 
