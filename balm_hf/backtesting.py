@@ -13,9 +13,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .data import parse_timestamps
 from .data.timestamps import default_season_length
-from .forecasting import BalmTsfForecaster
+from .forecasting import BalmTsfForecaster, _numeric_column
 from .metrics import compute_forecasting_metrics, weighted_quantile_loss
 
 
@@ -98,36 +97,6 @@ def _as_forecaster(model_or_path: Any, device: str | torch.device | None) -> Bal
         "`model_or_path` must be a trained folder, a Hub id or a BalmTsfForecaster (for a model object: "
         f"`BalmTsfForecaster(model, preprocessor)`), got {type(model_or_path).__name__}"
     )
-
-
-def _parse_all_timestamps(
-    forecaster: BalmTsfForecaster,
-    raw: pd.Series,
-    first_rows: np.ndarray,
-    first_name: str,
-    timestamp_column: str,
-    date_format: str | None,
-) -> pd.DatetimeIndex:
-    """Every row's timestamp, read with one format as `predict_df` reads it (given, recorded, else found)."""
-    preprocessor = forecaster.preprocessor
-    column = raw.reset_index(drop=True)
-    fmt = date_format or preprocessor.date_format
-    is_datetime = isinstance(column.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(column.dtype)
-    if fmt is None and not is_datetime:
-        _, fmt = parse_timestamps(
-            column.iloc[first_rows], utc=preprocessor.utc, label=first_name, date_column=timestamp_column
-        )
-    dates, _ = parse_timestamps(
-        column, date_format=fmt, utc=preprocessor.utc, label="input", date_column=timestamp_column
-    )
-    return dates
-
-
-def _numeric(column: pd.Series, name: str) -> np.ndarray:
-    try:
-        return pd.to_numeric(column, errors="raise").to_numpy(dtype=np.float64)
-    except (ValueError, TypeError) as error:
-        raise ValueError(f"column {name!r} holds non-numeric values ({error})") from error
 
 
 def backtest(
@@ -266,15 +235,10 @@ def backtest(
         )
 
     # Values and timestamps in item-major order: item i holds sorted rows starts[i] : starts[i] + counts[i].
-    values = np.column_stack([_numeric(df[column], column) for column in targets])[order]
-    dates = _parse_all_timestamps(
-        forecaster,
-        df[timestamp_column],
-        order[: counts[0]],
-        names[0],
-        timestamp_column,
-        date_format or forecaster.preprocessor.date_format,
-    )[order]
+    # Read as `predict_df` reads them: the same numeric check, and one timestamp format for every row.
+    values = np.column_stack([_numeric_column(df[column], column) for column in targets])[order]
+    dates = forecaster._long_dates(df[timestamp_column], order[: counts[0]], names[0], timestamp_column, date_format)
+    dates = dates[order]
     frames = []
     for window in range(windows):
         rows = np.concatenate(
