@@ -111,6 +111,7 @@ def peak_rss_mib() -> float:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     revision = git_revision()
+    load_at_start = os.getloadavg()[0]  # other work on the cores slows the figures: record how busy they were
     experiment = training.load_experiment_config(packaged_experiment_path("default"))
     context, horizon = experiment.data.context_length, experiment.data.prediction_length
     if args.history < context:
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "cpu": cpu_model(),
             "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
-            "note": "other jobs were running on the same cores",
+            "load_average_1min": {"start": round(load_at_start, 2), "end": round(os.getloadavg()[0], 2)},
         },
         "versions": versions(),
         "model": {
