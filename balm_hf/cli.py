@@ -200,6 +200,42 @@ def _add_forecast_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output or --plot file")
 
 
+def _check_output_files(input_path: Path, outputs: Mapping[str, str | None], overwrite: bool, replaced: str) -> None:
+    """Refuse, before any work, outputs that would replace the input, each other or (without --overwrite) a file."""
+    if outputs.get("--plot"):
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise ImportError(
+                f'--plot {outputs["--plot"]} needs matplotlib: pip install "balm-tsf[plot]" (nothing was written)'
+            ) from None
+    seen: dict[Path, str] = {}
+    for option, value in outputs.items():
+        if value is None:
+            continue
+        path = Path(value)
+        resolved = path.resolve()
+        if resolved == input_path.resolve():
+            raise ValueError(f"{option} {path} is the --input file: {replaced}")
+        if resolved in seen:
+            raise ValueError(f"{seen[resolved]} and {option} are the same file {path}")
+        seen[resolved] = option
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{option} {path} already exists; pass --overwrite to replace it")
+
+
+def _read_input_and_forecaster(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The `--input` CSV and the `--model` forecaster of `forecast` and `backtest`."""
+    import pandas as pd
+
+    from .forecasting import BalmTsfForecaster
+
+    # Series ids are text, as the loader reads them: "001" stays "001" and finds its trained statistics.
+    data = pd.read_csv(Path(args.input), dtype={args.id_column or "item_id": str})
+    load_kwargs = {"revision": args.revision} if args.revision else {}
+    return data, BalmTsfForecaster.from_pretrained(args.model, device=args.device, **load_kwargs)
+
+
 def _check_forecast_outputs(args: argparse.Namespace) -> None:
     """Refuse, before anything is read or written, outputs that would replace the input or an existing file."""
     input_path = Path(args.input)
@@ -213,39 +249,23 @@ def _check_forecast_outputs(args: argparse.Namespace) -> None:
             raise ValueError(f"{', '.join(given)} need --format long")
         if args.plot and args.id_column:
             raise ValueError("--plot draws one series; it cannot be combined with --id-column")
-    if args.plot:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            raise ImportError(
-                f'--plot {args.plot} needs matplotlib: pip install "balm-tsf[plot]" (nothing was written)'
-            ) from None
-    outputs = {"--output": args.output if args.output != "-" else None, "--plot": args.plot}
-    for option, value in outputs.items():
-        if value is None:
-            continue
-        path = Path(value)
-        if path.resolve() == input_path.resolve():
-            raise ValueError(f"{option} {path} is the --input file: the forecast would replace the history")
-        if path.exists() and not args.overwrite:
-            raise FileExistsError(f"{option} {path} already exists; pass --overwrite to replace it")
-    if outputs["--output"] is not None and outputs["--plot"] is not None:
-        if Path(args.output).resolve() == Path(args.plot).resolve():
-            raise ValueError(f"--output and --plot are the same file {args.output}")
+    _check_output_files(
+        input_path,
+        {"--output": None if args.output == "-" else args.output, "--plot": args.plot},
+        args.overwrite,
+        "the forecast would replace the history",
+    )
 
 
 def run_forecast(args: argparse.Namespace) -> int:
     """Run `forecast` from parsed arguments: read the CSV, forecast, write the CSV (and the PNG)."""
     import pandas as pd
 
-    from .forecasting import BalmTsfForecaster, plot_forecast
+    from .forecasting import plot_forecast
 
     _check_forecast_outputs(args)
     input_path = Path(args.input)
-    # Series ids are text, as the loader reads them: "001" stays "001" and finds its trained statistics.
-    history = pd.read_csv(input_path, dtype={args.id_column or "item_id": str})
-    load_kwargs = {"revision": args.revision} if args.revision else {}
-    forecaster = BalmTsfForecaster.from_pretrained(args.model, device=args.device, **load_kwargs)
+    history, forecaster = _read_input_and_forecaster(args)
     date_column = args.date_column or forecaster.preprocessor.date_column or "date"
     if args.format == "long":
         date_column, id_column = args.timestamp_column or "timestamp", args.id_column or "item_id"
@@ -581,28 +601,12 @@ def _check_backtest_outputs(args: argparse.Namespace) -> None:
     input_path = Path(args.input)
     if not input_path.is_file():
         raise FileNotFoundError(f"--input {input_path} does not exist")
-    if args.plot:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            raise ImportError(
-                f'--plot {args.plot} needs matplotlib: pip install "balm-tsf[plot]" (nothing was written)'
-            ) from None
-    outputs = {
-        option: Path(value)
-        for option, value in (("--output", args.output), ("--metrics", args.metrics), ("--plot", args.plot))
-        if value is not None
-    }
-    seen: dict[Path, str] = {}
-    for option, path in outputs.items():
-        resolved = path.resolve()
-        if resolved == input_path.resolve():
-            raise ValueError(f"{option} {path} is the --input file: the backtest would replace its data")
-        if resolved in seen:
-            raise ValueError(f"{seen[resolved]} and {option} are the same file {path}")
-        seen[resolved] = option
-        if path.exists() and not args.overwrite:
-            raise FileExistsError(f"{option} {path} already exists; pass --overwrite to replace it")
+    _check_output_files(
+        input_path,
+        {"--output": args.output, "--metrics": args.metrics, "--plot": args.plot},
+        args.overwrite,
+        "the backtest would replace its data",
+    )
 
 
 def run_backtest(args: argparse.Namespace) -> int:
@@ -610,14 +614,10 @@ def run_backtest(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from .backtesting import backtest, plot_backtest
-    from .forecasting import BalmTsfForecaster
 
     _check_backtest_outputs(args)
     input_path = Path(args.input)
-    # Series ids are text, as the loader reads them: "001" stays "001" and finds its trained statistics.
-    data = pd.read_csv(input_path, dtype={args.id_column or "item_id": str})
-    load_kwargs = {"revision": args.revision} if args.revision else {}
-    forecaster = BalmTsfForecaster.from_pretrained(args.model, device=args.device, **load_kwargs)
+    data, forecaster = _read_input_and_forecaster(args)
     id_column = args.id_column or "item_id"
     if args.id_column is None and id_column not in data.columns:
         # A wide table: one item, named after the file, whose channels are its targets.
