@@ -90,6 +90,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-validation-items", action="append", metavar="[MODEL=]N")
     parser.add_argument("--time-budget-minutes", action="append", metavar="[MODEL=]MINUTES")
     parser.add_argument("--season-length", type=int, default=24)
+    parser.add_argument(
+        "--percent", type=int, default=100, help="few-shot: percentage of the train split (the paper's few-shot: 10)"
+    )
     parser.add_argument("--seed", type=int, default=2021)
     parser.add_argument("--num-workers", type=int, default=1, help="DataLoader workers of BALM-TSF (prompts)")
     parser.add_argument("--output-dir", default="research/results/compare")
@@ -144,6 +147,7 @@ def main(argv: list[str] | None = None) -> None:
             max_validation_items=_per_model(args.max_validation_items, int, "--max-validation-items"),
             time_budget_minutes=_per_model(args.time_budget_minutes, float, "--time-budget-minutes"),
             season_length=args.season_length,
+            percent=args.percent,
             seed=args.seed,
             num_workers=args.num_workers,
             output_dir=args.output_dir,

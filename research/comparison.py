@@ -80,6 +80,9 @@ MODEL_LABELS = {
 # BALM-TSF rates of the paper (docs/protocol.md §4): ETTh1 per horizon, 0.01 elsewhere.
 PAPER_BALM_LEARNING_RATES = {"ETTh1": {96: 0.01, 192: 0.02, 336: 0.01, 720: 0.01}}
 BALM_DEFAULT_LEARNING_RATE = 0.01
+# Few-shot runs (percent < 100, docs/protocol.md §4): BALM-TSF's rate and per-device batch by horizon.
+PAPER_BALM_FEW_SHOT_LEARNING_RATES = {96: 0.01, 192: 0.02, 336: 0.002, 720: 0.02}
+PAPER_BALM_FEW_SHOT_BATCH_SIZES = {96: 16, 192: 8, 336: 8, 720: 8}
 # Usual rates of the baselines' own code: DLinear's ETTh1 scripts use 0.005; PatchTST's ETTh scripts use 1e-4, held
 # for 4 epochs and then decayed by 0.9 per epoch over 100 epochs (`lr_schedules={"patchtst": "patchtst_type3"}`),
 # which under per-epoch halving and few epochs barely trains, so 1e-3 (the upper end of the range PatchTST users pick)
@@ -115,6 +118,8 @@ RESULT_FIELDS = (
     "dataset",
     "context_length",
     "prediction_length",
+    "percent",
+    "seed",
     "mse",
     "mae",
     "test_items",
@@ -213,6 +218,10 @@ class ComparisonSettings:
             tested as usual. A cap, not the paper protocol.
         season_length (`int`, *optional*, defaults to 24):
             Season of the seasonal-naive forecaster (24 for hourly data).
+        percent (`int`, *optional*, defaults to 100):
+            Few-shot percentage: only the train split is shortened, its end becoming `(end - L) * percent // 100 + L`
+            (docs/protocol.md §3). Below 100 the BALM-TSF variants default to the paper's few-shot learning rates
+            and per-device batch sizes ([`PAPER_BALM_FEW_SHOT_LEARNING_RATES`], [`PAPER_BALM_FEW_SHOT_BATCH_SIZES`]).
         seed (`int`, *optional*, defaults to 2021):
             Seed of every model's initialisation and data order (the paper's).
         num_workers (`int`, *optional*, defaults to 1):
@@ -257,6 +266,7 @@ class ComparisonSettings:
     max_validation_items: dict[str, int] = field(default_factory=dict)
     time_budget_minutes: dict[str, float] = field(default_factory=dict)
     season_length: int = 24
+    percent: int = 100
     seed: int = 2021
     num_workers: int = 1
     output_dir: str = "research/results/compare"
@@ -273,6 +283,8 @@ class ComparisonSettings:
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
         if self.patience < 1:
             raise ValueError(f"`patience` must be a positive integer, got {self.patience!r}")
+        if isinstance(self.percent, bool) or not isinstance(self.percent, int) or not 1 <= self.percent <= 100:
+            raise ValueError(f"`percent` must be an integer in [1, 100], got {self.percent!r}")
         if self.num_workers < 0:
             raise ValueError(f"`num_workers` must be non-negative, got {self.num_workers!r}")
         for name in (
@@ -307,6 +319,8 @@ class ComparisonSettings:
         if explicit is not None:
             return float(explicit)
         if model.startswith("balm_tsf"):
+            if self.percent < 100:
+                return PAPER_BALM_FEW_SHOT_LEARNING_RATES.get(self.prediction_length, BALM_DEFAULT_LEARNING_RATE)
             name = Path(self.dataset).name.split(".")[0]
             return PAPER_BALM_LEARNING_RATES.get(name, {}).get(self.prediction_length, BALM_DEFAULT_LEARNING_RATE)
         return BASELINE_LEARNING_RATES[model]
@@ -318,7 +332,11 @@ class ComparisonSettings:
 
     def batch_size(self, model: str) -> int:
         explicit = self.per_model("batch_sizes", model)
-        return int(explicit) if explicit is not None else DEFAULT_BATCH_SIZES[model]
+        if explicit is not None:
+            return int(explicit)
+        if model.startswith("balm_tsf") and self.percent < 100:
+            return PAPER_BALM_FEW_SHOT_BATCH_SIZES.get(self.prediction_length, DEFAULT_BATCH_SIZES[model])
+        return DEFAULT_BATCH_SIZES[model]
 
     def accumulation(self, model: str) -> int:
         """Batches per optimizer step of a trained model."""
@@ -327,9 +345,17 @@ class ComparisonSettings:
 
     @property
     def stem(self) -> str:
-        """File name stem of the results: `<dataset>_L<context>_H<horizon>`."""
+        """
+        File name stem of the results: `<dataset>_L<context>_H<horizon>`, then `_p<percent>` for a few-shot run and
+        `_seed<seed>` for a seed other than the paper's 2021.
+        """
         name = Path(self.dataset).name.split(".")[0]
-        return f"{name}_L{self.context_length}_H{self.prediction_length}"
+        stem = f"{name}_L{self.context_length}_H{self.prediction_length}"
+        if self.percent != 100:
+            stem += f"_p{self.percent}"
+        if self.seed != 2021:
+            stem += f"_seed{self.seed}"
+        return stem
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -729,13 +755,15 @@ def run_model(settings: ComparisonSettings, model_name: str, splits: Any) -> dic
         model_name=model_name,
         dataset_name=splits.preprocessor.dataset_name,
         context_length=settings.context_length,
-        percent=100,
+        percent=settings.percent,
     )[0]
     caps = _caps(settings, model_name) if trained else {}
     row.update(
         dataset=metrics_row["dataset"],
         context_length=settings.context_length,
         prediction_length=settings.prediction_length,
+        percent=settings.percent,
+        seed=settings.seed,
         mse=metrics_row["mse"],
         mae=metrics_row["mae"],
         test_items=metrics_row["num_items"],
@@ -828,8 +856,13 @@ def render_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     runs = list({json.dumps(row["run"], sort_keys=True): row["run"] for row in rows}.values())
     machines = list(dict.fromkeys(run["machine"] for run in runs))
     machine = f"Machine: {machines[0]}" if len(machines) == 1 else f"Machines: {', '.join(machines)} (per run below)"
+    extra = ""
+    if first.get("percent", 100) != 100:
+        extra += f", {first['percent']}% of the train split"
+    if first.get("seed", 2021) != 2021:
+        extra += f", seed {first['seed']}"
     lines = [
-        f"### {first['dataset']}, L={first['context_length']}, H={first['prediction_length']}",
+        f"### {first['dataset']}, L={first['context_length']}, H={first['prediction_length']}{extra}",
         "",
         f"Test split: all {first['test_windows']} windows x every channel = {first['test_items']} items, scaled with "
         f"train-split statistics. {machine}.",
@@ -1003,6 +1036,7 @@ def run_comparison(settings: ComparisonSettings, log: Any = print) -> list[dict[
         prediction_length=settings.prediction_length,
         data_dir=settings.data_dir,
         split_config=settings.split_config,
+        percent=settings.percent,
     )
     log(
         f"{settings.stem}: train {len(splits['train'])}, validation {len(splits['validation'])}, "

@@ -389,3 +389,35 @@ def test_compare_script_tests_balm_tsf_every_epoch(workspace: Path) -> None:
     best = next(entry for entry in row["test_per_epoch"] if entry["epoch"] == row["best_epoch"])
     assert best["test_mse"] == pytest.approx(row["mse"], rel=1e-5)
     assert "--test-every-epoch" in row["run"]["command"]
+
+
+def test_few_shot_runs_train_on_the_shortened_split_with_the_papers_few_shot_rates(workspace: Path) -> None:
+    settings = ComparisonSettings(
+        dataset=str(workspace / "etth1_short.csv"),
+        context_length=CONTEXT,
+        prediction_length=HORIZON,
+        models=("dlinear", "seasonal_naive"),
+        max_epochs=1,
+        percent=10,
+        seed=3,
+        output_dir=str(workspace / "few_shot"),
+        command="test",
+    )
+    assert settings.stem == f"etth1_short_L{CONTEXT}_H{HORIZON}_p10_seed3"
+    rows = run_comparison(settings, log=lambda message: None)
+    n_train = int(0.7 * ROWS)
+    windows = (n_train - CONTEXT) * 10 // 100 + CONTEXT - CONTEXT - HORIZON + 1
+    assert rows[0]["train_items_per_epoch"] == windows * 7
+    assert [(row["percent"], row["seed"]) for row in rows] == [(10, 3), (10, 3)]
+    full = run_comparison(
+        ComparisonSettings(**{**settings.__dict__, "percent": 100, "seed": 2021, "models": ("seasonal_naive",)}),
+        log=lambda message: None,
+    )
+    assert full[0]["mse"] == rows[1]["mse"]  # the test split does not depend on the train percentage
+    assert "10% of the train split, seed 3" in (workspace / "few_shot" / f"{settings.stem}.md").read_text()
+    few_shot = ComparisonSettings(dataset="ETTh2", prediction_length=336, percent=10)
+    assert few_shot.learning_rate("balm_tsf") == 0.002 and few_shot.batch_size("balm_tsf_no_llm") == 8
+    assert few_shot.learning_rate("dlinear") == 0.005 and few_shot.batch_size("dlinear") == 32
+    assert ComparisonSettings(prediction_length=336).batch_size("balm_tsf") == 24
+    with pytest.raises(ValueError, match="percent"):
+        ComparisonSettings(percent=0)
