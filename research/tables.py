@@ -328,7 +328,8 @@ def time_epoch(settings: ComparisonSettings, model_name: str, steps: int = 6, wa
     generator = torch.Generator().manual_seed(settings.seed)
 
     def batches(dataset: Any, size: int, count: int) -> list[Any]:
-        order = torch.randperm(len(dataset), generator=generator)[: size * count].tolist()
+        # Random items (with repeats where the split is shorter than the batches): full batches of the real size.
+        order = torch.randint(len(dataset), (size * count,), generator=generator).tolist()
         return [collator([dataset[i] for i in order[k * size : (k + 1) * size]]) for k in range(count)]
 
     def timed(step: Callable[[Any], None], data: list[Any]) -> float:

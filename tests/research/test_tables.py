@@ -1,0 +1,117 @@
+"""Tests of `research.tables`: one command per results table, seeds pooled, cells not run named with their cost."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import DATA_DIR
+
+from research.comparison import read_results
+from research.tables import TableSpec, estimate_costs, load_spec, main, render_table, run_table
+
+
+CONTEXT, HORIZON, ROWS = 64, 16, 700
+
+
+@pytest.fixture(scope="module")
+def csv_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("tables") / "etth1_short.csv"
+    pd.read_csv(DATA_DIR / "ETTh1.csv.gz").iloc[:ROWS].to_csv(path, index=False)
+    return path
+
+
+def _spec(tmp_path: Path, csv_path: Path, **changes) -> Path:
+    raw = {
+        "name": "tiny",
+        "title": "Tiny table",
+        "description": "Two groups on a short ETTh1 cut.",
+        "datasets": [str(csv_path)],
+        "prediction_lengths": [HORIZON],
+        "context_length": CONTEXT,
+        "seeds": [2021],
+        "published": False,
+        "output": str(tmp_path / "tiny.md"),
+        "groups": [
+            {"output_dir": str(tmp_path / "a"), "models": ["dlinear", "seasonal_naive"], "options": {"max_epochs": 1}},
+            {"output_dir": str(tmp_path / "b"), "seeds": [0, 1], "models": ["dlinear"], "options": {"max_epochs": 1}},
+        ],
+        **changes,
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    return path
+
+
+def test_a_table_runs_every_cell_once_and_pools_seeds_into_mean_and_spread(tmp_path: Path, csv_path: Path) -> None:
+    spec = load_spec(str(_spec(tmp_path, csv_path)))
+    ran = run_table(spec, command="test", work_dir=str(tmp_path / "work"), log=lambda message: None)
+    assert sorted((cell.model, cell.seed) for cell in ran) == [
+        ("dlinear", 0), ("dlinear", 1), ("dlinear", 2021), ("seasonal_naive", 2021)
+    ]  # fmt: skip
+    assert run_table(spec, command="test", work_dir=str(tmp_path / "work"), log=lambda message: None) == []
+    stem = f"etth1_short_L{CONTEXT}_H{HORIZON}"
+    mses = [read_results(tmp_path / "a" / f"{stem}.json")[0]["mse"]]
+    mses += [read_results(tmp_path / "b" / f"{stem}_seed{seed}.json")[0]["mse"] for seed in (0, 1)]
+    assert len(set(mses)) == 3  # the seeds train different models
+    table = (tmp_path / "tiny.md").read_text(encoding="utf-8")
+    assert f"{statistics.fmean(mses):.3f} ± {statistics.stdev(mses):.3f} (3 seeds)" in table
+    naive = read_results(tmp_path / "a" / f"{stem}.json")[1]
+    assert f"{naive['mse']:.3f}/{naive['mae']:.3f} |" in table
+    assert "seed 0:" in table and "`test` at" in table and "Not run" not in table
+    rerun = run_table(spec, models=["seasonal_naive"], rerun=True, command="test", log=lambda message: None)
+    assert [(cell.model, cell.seed) for cell in rerun] == [("seasonal_naive", 2021)]
+
+
+def test_missing_cells_name_their_measured_epoch_cost_and_command(tmp_path: Path, csv_path: Path) -> None:
+    spec = load_spec(str(_spec(tmp_path, csv_path)))
+    costs = estimate_costs(spec, command="estimate", log=lambda message: None)
+    stem = f"etth1_short_L{CONTEXT}_H{HORIZON}"
+    assert set(costs) == {f"{stem}/dlinear"}  # one per setting and model; seeds cost the same
+    cost = costs[f"{stem}/dlinear"]
+    n_train = int(0.7 * ROWS)
+    assert cost["train_items"] == (n_train - CONTEXT - HORIZON + 1) * 7
+    assert cost["epoch_s"] > 0 and cost["epoch_s"] == pytest.approx(cost["epoch_train_s"] + cost["epoch_validation_s"])
+    table = render_table(spec)
+    assert "| not run |" in table
+    assert f"one epoch measured at {cost['epoch_s'] / 60:.1f} min" in table
+    assert f"`python -m research.tables tiny --only {csv_path}:{HORIZON}`" in table
+    assert "Seasonal naive (seeds 2021)" in table  # untrained cells are listed without a cost
+
+
+def test_datasets_marked_not_run_are_skipped_with_their_reason(tmp_path: Path, csv_path: Path) -> None:
+    path = _spec(tmp_path, csv_path, not_run={str(csv_path): "the file is not on this machine"})
+    spec = load_spec(str(path))
+    assert run_table(spec, command="test", log=lambda message: None) == []
+    assert "the file is not on this machine" in render_table(spec)
+    assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"groups": [{"output_dir": "x", "models": ["gpt5"]}]}, "unknown model 'gpt5'"),
+        (
+            {"groups": [{"output_dir": "x", "models": ["dlinear"], "options": {"epochs": 3}}]},
+            r"unknown options \['epochs'\]",
+        ),
+        ({"colour": "red"}, r"unknown keys \['colour'\]"),
+        ({"not_run": {"Weather": "missing"}}, "`not_run` names 'Weather'"),
+    ],
+)
+def test_bad_table_files_are_refused_before_anything_runs(tmp_path: Path, csv_path: Path, change, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        TableSpec.from_yaml(_spec(tmp_path, csv_path, **change))
+
+
+def test_the_committed_tables_load_and_an_unknown_name_lists_them(capsys: pytest.CaptureFixture[str]) -> None:
+    for name in ("few_shot", "long_term", "seeds"):
+        spec = load_spec(name)
+        assert spec.cells() and spec.output.startswith("research/results/")
+    few_shot = load_spec("few_shot").cells()[0].settings()
+    assert few_shot.percent == 10 and few_shot.stem == "ETTh1_L512_H96_p10"
+    with pytest.raises(SystemExit, match="available: .*few_shot"):
+        main(["nonsense"])
