@@ -19,6 +19,7 @@ import datetime
 import itertools
 import json
 import math
+import os
 import shlex
 import statistics
 import sys
@@ -48,6 +49,7 @@ from research.comparison import (
 
 
 TABLES_DIR = Path(__file__).resolve().parent / "experiments" / "tables"
+BLOCK_KINDS = ("headline", "table")
 # Published BALM-TSF numbers beyond the ETT rows of `research.comparison` (docs/protocol.md §5).
 PUBLISHED = {
     **PUBLISHED_BALM_TSF,
@@ -121,6 +123,10 @@ class TableSpec:
         published (`bool`, defaults to `True`): show the published BALM-TSF numbers of full-data settings.
         output (`str`): where the markdown table is written.
         not_run (`dict[str, str]`): per dataset, why its cells are not run (e.g. a file that is not available).
+        blocks (`list[dict]`): generated blocks in other markdown files, each `{"file": ..., "kind": "headline"}`
+            (the MSE of the settings where the first column has a result, the lowest measured MSE in bold) or
+            `{"kind": "table"}` (the whole table). A block lies between `<!-- table:<name>:<kind>:start ... -->`
+            and `<!-- table:<name>:<kind>:end -->` lines, which are added at the end of the file the first time.
     """
 
     name: str
@@ -135,6 +141,7 @@ class TableSpec:
     overrides: list[Override] = field(default_factory=list)
     published: bool = True
     not_run: dict[str, str] = field(default_factory=dict)
+    blocks: list[dict[str, str]] = field(default_factory=list)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TableSpec:
@@ -168,6 +175,9 @@ class TableSpec:
         for dataset in self.not_run:
             if dataset not in self.datasets:
                 raise ValueError(f"{where}: `not_run` names {dataset!r}, which is not in `datasets`")
+        for block in self.blocks:
+            if set(block) != {"file", "kind"} or block["kind"] not in BLOCK_KINDS:
+                raise ValueError(f"{where}: a block needs `file` and `kind` (one of {BLOCK_KINDS}), got {block!r}")
 
     def columns(self) -> list[str]:
         return list(dict.fromkeys(group.column(model) for group in self.groups for model in group.models))
@@ -352,6 +362,7 @@ def time_epoch(settings: ComparisonSettings, model_name: str, steps: int = 6, wa
         with torch.no_grad():
             model(**{key: value for key, value in batch.items() if key != "future_values"})
 
+    load_at_start = os.getloadavg()[0]  # other work on the cores slows the figures: record how busy they were
     build_start = time.perf_counter()
     train_batches = batches(splits["train"], batch_size, steps + warmup)
     eval_batches = batches(splits["validation"], eval_batch, steps + warmup)
@@ -374,6 +385,7 @@ def time_epoch(settings: ComparisonSettings, model_name: str, steps: int = 6, wa
         "epoch_validation_s": validation_s,
         "timed_steps": steps,
         "torch_threads": torch.get_num_threads(),
+        "load_average_1min": {"start": round(load_at_start, 2), "end": round(os.getloadavg()[0], 2)},
     }
 
 
@@ -510,15 +522,67 @@ def _missing(spec: TableSpec, cell: Cell, costs: Mapping[str, Any]) -> str:
         text += (
             f": one epoch measured at {cost['epoch_s'] / 60:.1f} min on {cost['machine']} "
             f"({cost['train_items']:,} train and {cost['validation_items']:,} validation items, "
-            f"`{cost['git_revision']}`)"
+            f"`{cost['git_revision']}`, 1-minute load average {cost['load_average_1min']['start']:g} while timed)"
         )
     return text + f"; `python -m research.tables {spec.name} --only {cell.dataset}:{cell.prediction_length}`"
 
 
+def render_headline(spec: TableSpec) -> str:
+    r"""
+    The MSE of every setting where the table's first column has a result, one column per model (published numbers
+    first where `published`), the lowest measured MSE of each setting in bold; `*` marks a capped run.
+    """
+    columns = spec.columns()
+    header = ["setting"] + (["published BALM-TSF (GPT-2)"] if spec.published else []) + columns
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for dataset, horizon in itertools.product(spec.datasets, spec.prediction_lengths):
+        cells = [cell for cell in spec.cells() if (cell.dataset, cell.prediction_length) == (dataset, horizon)]
+        values: dict[str, tuple[float, bool] | None] = {}
+        for column in columns:
+            rows = [row for cell in cells if cell.column == column and (row := cell.row()) is not None]
+            capped = any(row.get("stop_reason") != "not trained" and not row.get("paper_protocol") for row in rows)
+            values[column] = (statistics.fmean(row["mse"] for row in rows), capped) if rows else None
+        if values[columns[0]] is None:
+            continue
+        best = min(value[0] for value in values.values() if value is not None)
+        line = [f"{dataset} H={horizon}"]
+        if spec.published:
+            published = PUBLISHED.get(dataset, {}).get(horizon)
+            line.append("-" if published is None else _fmt(published[0]))
+        for column in columns:
+            value = values[column]
+            if value is None:
+                line.append("not run")
+                continue
+            text = _fmt(value[0]) + ("*" if value[1] else "")
+            line.append(f"**{text}**" if value[0] == best else text)
+        lines.append("| " + " | ".join(line) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _replace_block(path: Path, name: str, kind: str, content: str) -> None:
+    start = f"<!-- table:{name}:{kind}:start (generated by python -m research.tables {name} --render) -->"
+    end = f"<!-- table:{name}:{kind}:end -->"
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    block = f"{start}\n\n{content.strip()}\n\n{end}"
+    marker = start.split(" (", 1)[0]
+    if marker in text and end in text:
+        before, rest = text.split(marker, 1)
+        text = before + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip() + ("\n\n" if text else "") + block + "\n"
+    path.write_text(text, encoding="utf-8")
+
+
 def write_table(spec: TableSpec) -> Path:
+    """Write the table to `spec.output` and refresh its generated blocks (`spec.blocks`)."""
     path = Path(spec.output)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_table(spec), encoding="utf-8")
+    table = render_table(spec)
+    path.write_text(table, encoding="utf-8")
+    for block in spec.blocks:
+        content = render_headline(spec) if block["kind"] == "headline" else table.split("\n", 2)[2]
+        _replace_block(Path(block["file"]), spec.name, block["kind"], content)
     return path
 
 

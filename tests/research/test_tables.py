@@ -115,3 +115,30 @@ def test_the_committed_tables_load_and_an_unknown_name_lists_them(capsys: pytest
     assert few_shot.percent == 10 and few_shot.stem == "ETTh1_L512_H96_p10"
     with pytest.raises(SystemExit, match="available: .*few_shot"):
         main(["nonsense"])
+
+
+def test_generated_blocks_replace_only_their_own_text(tmp_path: Path, csv_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("# Title\n\nBefore.\n", encoding="utf-8")
+    blocks = [{"file": str(readme), "kind": "headline"}, {"file": str(readme), "kind": "table"}]
+    spec = load_spec(str(_spec(tmp_path, csv_path, blocks=blocks)))
+    run_table(spec, command="test", work_dir=str(tmp_path / "work"), log=lambda message: None)
+    text = readme.read_text(encoding="utf-8")
+    assert text.startswith("# Title\n\nBefore.\n\n<!-- table:tiny:headline:start")
+    assert text.count("<!-- table:tiny:table:end -->") == 1 and "Two groups on a short ETTh1 cut." in text
+    stem = f"etth1_short_L{CONTEXT}_H{HORIZON}"
+    dlinear = statistics.fmean(
+        [read_results(tmp_path / "a" / f"{stem}.json")[0]["mse"]]
+        + [read_results(tmp_path / "b" / f"{stem}_seed{seed}.json")[0]["mse"] for seed in (0, 1)]
+    )
+    naive = read_results(tmp_path / "a" / f"{stem}.json")[1]["mse"]
+    headline = text.split("<!-- table:tiny:headline:end -->")[0]
+    best, other = sorted([dlinear, naive])
+    assert f"**{best:.3f}" in headline and f"| {other:.3f}" in headline  # the lowest MSE of the setting in bold
+    readme.write_text(text.replace("Before.", "Edited by hand."), encoding="utf-8")
+    main([str(tmp_path / "tiny.yaml"), "--render"])
+    again = readme.read_text(encoding="utf-8")
+    assert "Edited by hand." in again and again.count("<!-- table:tiny:headline:start") == 1
+    assert again.replace("Edited by hand.", "Before.") == text
+    with pytest.raises(ValueError, match="a block needs"):
+        TableSpec.from_yaml(_spec(tmp_path, csv_path, blocks=[{"file": "x.md", "kind": "chart"}]))
