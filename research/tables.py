@@ -448,11 +448,12 @@ def _cell_text(rows: Sequence[Mapping[str, Any]], seeds: int) -> str:
     return text + (f" ({len(rows)} of {seeds} seeds)" if len(rows) < seeds else f" ({len(rows)} seeds)")
 
 
-def render_table(spec: TableSpec) -> str:
+def render_table(spec: TableSpec, details: bool = True) -> str:
     r"""
     The markdown of a table from the results on disk: MSE/MAE per setting and column (with seeds, the mean ± sample
     standard deviation of the MSE over the seeds run), the published numbers where `published`, then every run's
-    command, revision, machine, epochs and wall time, and the cells not run with their cost per epoch.
+    command, revision, machine, epochs and wall time, and the cells not run with their cost per epoch (without
+    `details`: a link to `spec.output` for those).
     """
     cells = spec.cells()
     costs = read_costs(spec)
@@ -463,7 +464,7 @@ def render_table(spec: TableSpec) -> str:
     header = ["setting"] + (["published BALM-TSF"] if spec.published else []) + columns
     lines = [f"## {spec.title}", "", spec.description.strip(), ""]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    details: list[str] = []
+    runs: list[str] = []
     missing: list[str] = []
     for dataset, horizon in itertools.product(spec.datasets, spec.prediction_lengths):
         setting_cells = [cell for cell in cells if (cell.dataset, cell.prediction_length) == (dataset, horizon)]
@@ -477,22 +478,33 @@ def render_table(spec: TableSpec) -> str:
             line.append(_cell_text(rows, seeds_per_column[column]) if rows else "not run")
             for cell, row in found:
                 if row is not None:
-                    details.append(_detail(cell, row))
+                    runs.append(_detail(cell, row))
                 else:
                     missing.append(_missing(spec, cell, costs))
         lines.append("| " + " | ".join(line) + " |")
     lines += [
         "",
         "MSE/MAE on the whole test split, standardised with the train-split statistics; `*` marks a capped run "
-        "(epochs or items below the paper protocol's; the runs below say which).",
+        "(epochs or items below the paper protocol's; each run's line says which).",
         "",
     ]
-    if details:
+    if not details:
+        lines += [
+            f"Every run's command, revision, machine, epochs and wall time, and the cost of the cells not run: "
+            f"`{spec.output}`.",
+            "",
+        ]
+        return "\n".join(lines)
+    if runs:
         lines += ["Runs (model, seed: MSE/MAE, epochs run (best), train wall time, command, revision, machine):", ""]
-        lines += details + [""]
+        lines += runs + [""]
     if missing:
         lines += ["Not run:", ""] + list(dict.fromkeys(missing)) + [""]
     return "\n".join(lines)
+
+
+def _epoch(value: Any) -> str:
+    return "-" if value is None else f"{float(value):g}"
 
 
 def _detail(cell: Cell, row: Mapping[str, Any]) -> str:
@@ -501,7 +513,7 @@ def _detail(cell: Cell, row: Mapping[str, Any]) -> str:
         training = "not trained"
     else:
         training = (
-            f"{float(row['epochs_run']):g} epochs ({row.get('best_epoch') or '-'}), "
+            f"{float(row['epochs_run']):g} epochs ({_epoch(row.get('best_epoch'))}), "
             f"{float(row['train_wall_time_s']) / 60:.0f} min, stopped by {row.get('stop_reason')}"
         )
     return (
@@ -581,7 +593,10 @@ def write_table(spec: TableSpec) -> Path:
     table = render_table(spec)
     path.write_text(table, encoding="utf-8")
     for block in spec.blocks:
-        content = render_headline(spec) if block["kind"] == "headline" else table.split("\n", 2)[2]
+        if block["kind"] == "headline":
+            content = render_headline(spec)
+        else:
+            content = render_table(spec, details=False).split("\n", 2)[2]
         _replace_block(Path(block["file"]), spec.name, block["kind"], content)
     return path
 
