@@ -586,6 +586,28 @@ def _replace_block(path: Path, name: str, kind: str, content: str) -> None:
     path.write_text(text, encoding="utf-8")
 
 
+def _block_content(spec: TableSpec, kind: str) -> str:
+    if kind == "headline":
+        return render_headline(spec)
+    return render_table(spec, details=False).split("\n", 2)[2]
+
+
+def stale_blocks(spec: TableSpec) -> list[str]:
+    """The generated blocks (`file:kind`) whose text differs from what the results on disk give, or are missing."""
+    stale = []
+    for block in spec.blocks:
+        path = Path(block["file"])
+        text = path.read_text(encoding="utf-8") if path.is_file() else ""
+        start, end = f"<!-- table:{spec.name}:{block['kind']}:start", f"<!-- table:{spec.name}:{block['kind']}:end -->"
+        if start not in text or end not in text:
+            stale.append(f"{block['file']}:{block['kind']}")
+            continue
+        current = text.split(start, 1)[1].split("\n", 1)[1].split(end, 1)[0].strip()
+        if current != _block_content(spec, block["kind"]).strip():
+            stale.append(f"{block['file']}:{block['kind']}")
+    return stale
+
+
 def write_table(spec: TableSpec) -> Path:
     """Write the table to `spec.output` and refresh its generated blocks (`spec.blocks`)."""
     path = Path(spec.output)
@@ -593,11 +615,7 @@ def write_table(spec: TableSpec) -> Path:
     table = render_table(spec)
     path.write_text(table, encoding="utf-8")
     for block in spec.blocks:
-        if block["kind"] == "headline":
-            content = render_headline(spec)
-        else:
-            content = render_table(spec, details=False).split("\n", 2)[2]
-        _replace_block(Path(block["file"]), spec.name, block["kind"], content)
+        _replace_block(Path(block["file"]), spec.name, block["kind"], _block_content(spec, block["kind"]))
     return path
 
 

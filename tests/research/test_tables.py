@@ -142,3 +142,25 @@ def test_generated_blocks_replace_only_their_own_text(tmp_path: Path, csv_path: 
     assert again.replace("Edited by hand.", "Before.") == text
     with pytest.raises(ValueError, match="a block needs"):
         TableSpec.from_yaml(_spec(tmp_path, csv_path, blocks=[{"file": "x.md", "kind": "chart"}]))
+
+
+def test_the_committed_tables_in_the_readmes_match_their_results_files(monkeypatch: pytest.MonkeyPatch) -> None:
+    from research.tables import stale_blocks
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    for name in ("few_shot", "long_term", "seeds"):
+        spec = load_spec(name)
+        assert spec.blocks
+        assert stale_blocks(spec) == [], f"run `python -m research.tables {name} --render`"
+
+
+def test_a_block_edited_by_hand_is_reported_stale(tmp_path: Path, csv_path: Path) -> None:
+    from research.tables import stale_blocks, write_table
+
+    readme = tmp_path / "README.md"
+    spec = load_spec(str(_spec(tmp_path, csv_path, blocks=[{"file": str(readme), "kind": "table"}])))
+    assert stale_blocks(spec) == [f"{readme}:table"]  # no block yet
+    write_table(spec)
+    assert stale_blocks(spec) == []
+    readme.write_text(readme.read_text(encoding="utf-8").replace("| not run |", "| 0.001/0.001 |"), encoding="utf-8")
+    assert stale_blocks(spec) == [f"{readme}:table"]
