@@ -229,6 +229,25 @@ class Cell:
         path = results_paths(self.settings())["json"]
         return next((row for row in read_results(path) if row["model"] == self.model), None)
 
+    def mismatches(self, row: Mapping[str, Any]) -> list[str]:
+        """How a results row's recorded training differs from what this cell asks for (empty when it matches)."""
+        if self.model not in TRAINED_MODELS:
+            return []
+        settings = self.settings()
+        expected = {
+            "learning_rate": settings.learning_rate(self.model),
+            "batch_size": settings.batch_size(self.model),
+            "gradient_accumulation_steps": settings.accumulation(self.model),
+            "lr_schedule": settings.lr_schedule(self.model),
+            "percent": settings.percent,
+        }
+        defaults = {"gradient_accumulation_steps": 1, "lr_schedule": "halving", "percent": 100}
+        return [
+            f"{key} {row.get(key, defaults.get(key))} (the table asks for {value})"
+            for key, value in expected.items()
+            if row.get(key, defaults.get(key)) != value
+        ]
+
     @property
     def key(self) -> str:
         return f"{self.settings().stem}/{self.model}"
@@ -516,10 +535,12 @@ def _detail(cell: Cell, row: Mapping[str, Any]) -> str:
             f"{float(row['epochs_run']):g} epochs ({_epoch(row.get('best_epoch'))}), "
             f"{float(row['train_wall_time_s']) / 60:.0f} min, stopped by {row.get('stop_reason')}"
         )
+    differences = cell.mismatches(row)
+    note = f" Trained with {'; '.join(differences)}." if differences else ""
     return (
         f"- {cell.dataset} H={cell.prediction_length} {cell.column}, seed {cell.seed}: "
         f"{_fmt(row['mse'])}/{_fmt(row['mae'])}, {training}; `{run.get('command', '?')}` at "
-        f"`{run.get('git_revision', '?')}`, {run.get('machine', '?')}"
+        f"`{run.get('git_revision', '?')}`, {run.get('machine', '?')}.{note}"
     )
 
 
@@ -641,13 +662,31 @@ def main(argv: Sequence[str] | None = None) -> None:
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
     models = [name.strip() for name in args.models.split(",") if name.strip()]
+    table_models = {model for group in spec.groups for model in group.models}
+    for model in models:
+        if model not in table_models:
+            raise SystemExit(
+                f"error: --models: {model!r} is not a model of table {spec.name} ({sorted(table_models)})"
+            )
+    for item in args.only:
+        dataset, _, horizon = item.partition(":")
+        if dataset not in spec.datasets or (
+            horizon and (not horizon.isdigit() or int(horizon) not in spec.prediction_lengths)
+        ):
+            raise SystemExit(
+                f"error: --only {item!r}: the table's datasets are {spec.datasets}, its horizons "
+                f"{spec.prediction_lengths}"
+            )
     if args.list:
         for cell in spec.cells():
-            state = (
-                "not run: " + spec.not_run[cell.dataset]
-                if cell.dataset in spec.not_run
-                else ("done" if cell.row() is not None else "missing")
-            )
+            row = cell.row()
+            if cell.dataset in spec.not_run:
+                state = "not run: " + spec.not_run[cell.dataset]
+            elif row is None:
+                state = "missing"
+            else:
+                differences = cell.mismatches(row)
+                state = "done" + (f" (recorded with {'; '.join(differences)})" if differences else "")
             print(f"{cell.key} ({cell.column}, {cell.group.output_dir}): {state}")
         return
     if args.estimate:

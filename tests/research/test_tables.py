@@ -164,3 +164,24 @@ def test_a_block_edited_by_hand_is_reported_stale(tmp_path: Path, csv_path: Path
     assert stale_blocks(spec) == []
     readme.write_text(readme.read_text(encoding="utf-8").replace("| not run |", "| 0.001/0.001 |"), encoding="utf-8")
     assert stale_blocks(spec) == [f"{readme}:table"]
+
+
+def test_a_result_trained_otherwise_than_the_table_asks_is_flagged(tmp_path: Path, csv_path: Path) -> None:
+    spec = load_spec(str(_spec(tmp_path, csv_path)))
+    run_table(spec, models=["dlinear"], command="test", work_dir=str(tmp_path / "work"), log=lambda message: None)
+    cell = next(cell for cell in spec.cells() if cell.model == "dlinear" and cell.seed == 2021)
+    row = cell.row()
+    assert row is not None and cell.mismatches(row) == []
+    other = load_spec(str(_spec(tmp_path, csv_path, groups=[
+        {"output_dir": str(tmp_path / "a"), "models": ["dlinear"], "options": {"learning_rates": {"dlinear": 0.1}}}
+    ])))  # fmt: skip
+    assert other.cells()[0].mismatches(row) == ["learning_rate 0.005 (the table asks for 0.1)"]
+    assert "Trained with learning_rate 0.005 (the table asks for 0.1)." in (render_table(other))
+
+
+@pytest.mark.parametrize(
+    "argv", [["--only", "ETTh3"], ["--only", "ETTh1:97"], ["--only", "ETTh1:x"], ["--models", "gpt"]]
+)
+def test_selections_outside_the_table_are_refused(argv: list[str]) -> None:
+    with pytest.raises(SystemExit, match="error: --"):
+        main(["few_shot", "--list", *argv])
