@@ -50,12 +50,6 @@ from research.comparison import (
 
 TABLES_DIR = Path(__file__).resolve().parent / "experiments" / "tables"
 BLOCK_KINDS = ("headline", "table")
-# Published BALM-TSF numbers beyond the ETT rows of `research.comparison` (docs/protocol.md §5).
-PUBLISHED = {
-    **PUBLISHED_BALM_TSF,
-    "Weather": {96: (0.172, 0.226), 192: (0.213, 0.260), 336: (0.262, 0.297), 720: (0.323, 0.339)},
-    "Exchange": {96: (0.091, 0.212), 192: (0.187, 0.307), 336: (0.348, 0.429), 720: (0.896, 0.710)},
-}
 # `ComparisonSettings` fields a table may set; the grid and the group set the rest.
 _SETTING_FIELDS = {item.name for item in fields(ComparisonSettings)} - {"command", "resume", "models", "output_dir"}
 
@@ -489,7 +483,7 @@ def render_table(spec: TableSpec, details: bool = True) -> str:
         setting_cells = [cell for cell in cells if (cell.dataset, cell.prediction_length) == (dataset, horizon)]
         line = [f"{dataset} H={horizon}"]
         if spec.published:
-            published = PUBLISHED.get(dataset, {}).get(horizon)
+            published = PUBLISHED_BALM_TSF.get(dataset, {}).get(horizon)
             line.append("-" if published is None else f"{_fmt(published[0])}/{_fmt(published[1])}")
         for column in columns:
             found = [(cell, cell.row()) for cell in setting_cells if cell.column == column]
@@ -580,7 +574,7 @@ def render_headline(spec: TableSpec) -> str:
         best = min(value[0] for value in values.values() if value is not None)
         line = [f"{dataset} H={horizon}"]
         if spec.published:
-            published = PUBLISHED.get(dataset, {}).get(horizon)
+            published = PUBLISHED_BALM_TSF.get(dataset, {}).get(horizon)
             line.append("-" if published is None else _fmt(published[0]))
         for column in columns:
             value = values[column]
