@@ -290,12 +290,13 @@ def run_table(
     Returns:
         `list[Cell]`: the cells that were run.
     """
-    todo: dict[tuple[str, int, int, int], list[Cell]] = {}
+    todo: dict[tuple[str, int, int, int, str], list[Cell]] = {}
     for cell in spec.cells():
         if not _selected(cell, only) or (models and cell.model not in models) or cell.dataset in spec.not_run:
             continue
         if rerun or cell.row() is None:
-            key = (cell.dataset, cell.prediction_length, spec.groups.index(cell.group), cell.seed)
+            options = json.dumps(cell.options(), sort_keys=True)  # an override may single out some models
+            key = (cell.dataset, cell.prediction_length, spec.groups.index(cell.group), cell.seed, options)
             todo.setdefault(key, []).append(cell)
     ran: list[Cell] = []
     for cells in todo.values():
@@ -319,7 +320,7 @@ def run_table(
 
 
 def _costs_path(spec: TableSpec) -> Path:
-    return Path(spec.output).with_suffix(".costs.json")
+    return Path(spec.output).parent / f"{spec.name}.costs.json"
 
 
 def read_costs(spec: TableSpec) -> dict[str, Any]:

@@ -185,3 +185,16 @@ def test_a_result_trained_otherwise_than_the_table_asks_is_flagged(tmp_path: Pat
 def test_selections_outside_the_table_are_refused(argv: list[str]) -> None:
     with pytest.raises(SystemExit, match="error: --"):
         main(["few_shot", "--list", *argv])
+
+
+def test_an_override_of_some_models_reaches_only_those_models(tmp_path: Path, csv_path: Path) -> None:
+    path = _spec(
+        tmp_path,
+        csv_path,
+        groups=[{"output_dir": str(tmp_path / "a"), "models": ["patchtst", "dlinear"], "options": {"max_epochs": 1}}],
+        overrides=[{"dataset": str(csv_path), "models": ["dlinear"], "options": {"max_epochs": 2}}],
+    )
+    spec = load_spec(str(path))
+    run_table(spec, command="test", work_dir=str(tmp_path / "work"), log=lambda message: None)
+    rows = {row["model"]: row for row in read_results(tmp_path / "a" / f"etth1_short_L{CONTEXT}_H{HORIZON}.json")}
+    assert (rows["patchtst"]["max_epochs"], rows["dlinear"]["max_epochs"]) == (1, 2)
