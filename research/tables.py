@@ -480,6 +480,7 @@ def render_table(spec: TableSpec, details: bool = True) -> str:
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     runs: list[str] = []
     missing: list[str] = []
+    spreads: list[str] = []
     for dataset, horizon in itertools.product(spec.datasets, spec.prediction_lengths):
         setting_cells = [cell for cell in cells if (cell.dataset, cell.prediction_length) == (dataset, horizon)]
         line = [f"{dataset} H={horizon}"]
@@ -496,12 +497,21 @@ def render_table(spec: TableSpec, details: bool = True) -> str:
                 else:
                     missing.append(_missing(spec, cell, costs))
         lines.append("| " + " | ".join(line) + " |")
+        spreads += _spread_notes(f"{dataset} H={horizon}", columns, setting_cells)
     lines += [
         "",
         "MSE/MAE on the whole test split, standardised with the train-split statistics; `*` marks a capped run "
         "(epochs or items below the paper protocol's; each run's line says which).",
         "",
     ]
+    if spreads:
+        lines += [
+            "Differences of the mean test MSE against the first column, and whether each lies inside the larger of "
+            "the two columns' seed standard deviations:",
+            "",
+            *spreads,
+            "",
+        ]
     if not details:
         lines += [
             f"Every run's command, revision, machine, epochs and wall time, and the cost of the cells not run: "
@@ -515,6 +525,29 @@ def render_table(spec: TableSpec, details: bool = True) -> str:
     if missing:
         lines += ["Not run:", ""] + list(dict.fromkeys(missing)) + [""]
     return "\n".join(lines)
+
+
+def _spread_notes(setting: str, columns: Sequence[str], cells: Sequence[Cell]) -> list[str]:
+    """Per setting: the first column's mean MSE minus each other column's, where both have two or more seeds run."""
+    mses = {
+        column: [row["mse"] for cell in cells if cell.column == column and (row := cell.row()) is not None]
+        for column in columns
+    }
+    first = columns[0]
+    if len(mses[first]) < 2:
+        return []
+    notes = []
+    for column in columns[1:]:
+        if len(mses[column]) < 2:
+            continue
+        difference = statistics.fmean(mses[first]) - statistics.fmean(mses[column])
+        spread = max(statistics.stdev(mses[first]), statistics.stdev(mses[column]))
+        where = "inside" if abs(difference) <= spread else "outside"
+        notes.append(
+            f"- {setting}: {first} minus {column} = {difference:+.4f} ({len(mses[first])} and {len(mses[column])} "
+            f"seeds), {where} the spread {spread:.4f}"
+        )
+    return notes
 
 
 def _epoch(value: Any) -> str:

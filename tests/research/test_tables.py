@@ -198,3 +198,23 @@ def test_an_override_of_some_models_reaches_only_those_models(tmp_path: Path, cs
     run_table(spec, command="test", work_dir=str(tmp_path / "work"), log=lambda message: None)
     rows = {row["model"]: row for row in read_results(tmp_path / "a" / f"etth1_short_L{CONTEXT}_H{HORIZON}.json")}
     assert (rows["patchtst"]["max_epochs"], rows["dlinear"]["max_epochs"]) == (1, 2)
+
+
+def test_seed_spreads_say_whether_a_difference_lies_inside_them(tmp_path: Path, csv_path: Path) -> None:
+    groups = [
+        {"output_dir": str(tmp_path / "a"), "models": ["dlinear", "seasonal_naive"], "options": {"max_epochs": 1}},
+        {"output_dir": str(tmp_path / "b"), "seeds": [0, 1], "models": ["dlinear", "seasonal_naive"],
+         "options": {"max_epochs": 1}},
+    ]  # fmt: skip
+    spec = load_spec(str(_spec(tmp_path, csv_path, groups=groups)))
+    run_table(spec, command="test", work_dir=str(tmp_path / "work"), log=lambda message: None)
+    stem = f"etth1_short_L{CONTEXT}_H{HORIZON}"
+    files = [tmp_path / "a" / f"{stem}.json"] + [tmp_path / "b" / f"{stem}_seed{seed}.json" for seed in (0, 1)]
+    dlinear = [read_results(path)[0]["mse"] for path in files]
+    naive = [read_results(path)[1]["mse"] for path in files]
+    assert len(set(naive)) == 1  # untrained: the same forecast for every seed
+    difference = statistics.fmean(dlinear) - naive[0]
+    spread = statistics.stdev(dlinear)  # the seasonal naive's spread is 0
+    where = "inside" if abs(difference) <= spread else "outside"
+    expected = f"DLinear minus Seasonal naive = {difference:+.4f} (3 and 3 seeds), {where} the spread {spread:.4f}"
+    assert expected in render_table(spec)
