@@ -460,6 +460,24 @@ def build_collator(model: torch.nn.Module) -> BalmTsfDataCollator:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+class ProgressCallback(TrainerCallback):
+    r"""
+    Records the training wall time so far (earlier pieces included) and the piece count in `path` at every checkpoint,
+    so that a piece stopped between checkpoints still counts up to its last one when the run is resumed.
+    """
+
+    def __init__(self, path: Path, previous: Mapping[str, Any], start: float) -> None:
+        self.path, self.previous, self.start = path, previous, start
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        elapsed = float(self.previous["train_wall_time_s"]) + time.perf_counter() - self.start
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(
+            json.dumps({"train_wall_time_s": elapsed, "pieces": int(self.previous["pieces"]) + 1}), encoding="utf-8"
+        )
+        return control
+
+
 class ComparisonTrainer(BalmTsfTrainer):
     r"""
     [`~training.BalmTsfTrainer`] (per-epoch schedules, whole-split forecasts) that can train each epoch on a fresh
@@ -693,7 +711,13 @@ def run_model(settings: ComparisonSettings, model_name: str, splits: Any) -> dic
         progress = {"train_wall_time_s": 0.0, "pieces": 0}
         if checkpoint is not None and progress_file.is_file():
             progress = json.loads(progress_file.read_text(encoding="utf-8"))
+        elif checkpoint is not None:
+            notes.append(
+                f"resumed from {Path(checkpoint).name} with no record of the earlier training time: the wall time "
+                "covers the last piece only"
+            )
         start = time.perf_counter()
+        trainer.add_callback(ProgressCallback(progress_file, progress, start))
         trainer.train(resume_from_checkpoint=checkpoint)
         train_wall_time = progress["train_wall_time_s"] + time.perf_counter() - start
         progress = {"train_wall_time_s": train_wall_time, "pieces": progress["pieces"] + 1}

@@ -421,3 +421,46 @@ def test_few_shot_runs_train_on_the_shortened_split_with_the_papers_few_shot_rat
     assert ComparisonSettings(prediction_length=336).batch_size("balm_tsf") == 24
     with pytest.raises(ValueError, match="percent"):
         ComparisonSettings(percent=0)
+
+
+def test_a_piece_stopped_between_checkpoints_still_counts_its_time_when_resumed(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from research import comparison
+
+    common: dict[str, Any] = dict(
+        dataset=str(workspace / "etth1_short.csv"),
+        context_length=CONTEXT,
+        prediction_length=HORIZON,
+        models=("dlinear",),
+        max_epochs=3,
+        patience=5,
+        output_dir=str(workspace / "killed"),
+        work_dir=str(workspace / "killed_checkpoints"),
+        command="test",
+    )
+    original = comparison.ProgressCallback.on_save
+
+    def stop_after_second_checkpoint(self, args, state, control, **kwargs):
+        result = original(self, args, state, control, **kwargs)
+        if state.epoch >= 2:
+            raise KeyboardInterrupt("stopped from outside")
+        return result
+
+    monkeypatch.setattr(comparison.ProgressCallback, "on_save", stop_after_second_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        run_comparison(ComparisonSettings(**common), log=lambda m: None)
+    progress_file = workspace / "killed_checkpoints" / "etth1_short_L64_H16" / "dlinear" / "comparison_progress.json"
+    recorded = json.loads(progress_file.read_text())
+    assert recorded["pieces"] == 1 and recorded["train_wall_time_s"] > 0
+    monkeypatch.setattr(comparison.ProgressCallback, "on_save", original)
+    (resumed,) = run_comparison(ComparisonSettings(**common, resume=True), log=lambda m: None)
+    assert resumed["epochs_run"] == 3 and resumed["pieces"] == 2
+    assert resumed["train_wall_time_s"] > recorded["train_wall_time_s"]
+    # Without the record, the row says that its wall time covers the last piece only.
+    progress_file.unlink()
+    (checkpoint,) = [path for path in progress_file.parent.glob("checkpoint-*") if path.name.endswith("-3") or True][
+        :1
+    ]
+    (again,) = run_comparison(ComparisonSettings(**{**common, "max_epochs": 4}, resume=True), log=lambda m: None)
+    assert "no record of the earlier training time" in again["notes"] and "pieces" not in again
