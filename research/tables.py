@@ -568,7 +568,7 @@ def _detail(cell: Cell, row: Mapping[str, Any]) -> str:
     return (
         f"- {cell.dataset} H={cell.prediction_length} {cell.column}, seed {cell.seed}: "
         f"{_fmt(row['mse'])}/{_fmt(row['mae'])}, {training}; `{run.get('command', '?')}` at "
-        f"`{run.get('git_revision', '?')}`, {run.get('machine', '?')}.{note}"
+        f"`{str(run.get('git_revision', '?'))[:7]}`, {run.get('machine', '?')}.{note}"
     )
 
 
@@ -582,8 +582,9 @@ def _missing(spec: TableSpec, cell: Cell, costs: Mapping[str, Any]) -> str:
     if cost is not None:
         text += (
             f": one epoch measured at {cost['epoch_s'] / 60:.1f} min on {cost['machine']} "
-            f"({cost['train_items']:,} train and {cost['validation_items']:,} validation items, "
-            f"`{cost['git_revision']}`, 1-minute load average {cost['load_average_1min']['start']:g} while timed)"
+            f"with {cost['torch_threads']} torch thread(s) ({cost['train_items']:,} train and "
+            f"{cost['validation_items']:,} validation items, `{str(cost['git_revision'])[:7]}`, 1-minute load "
+            f"average {cost['load_average_1min']['start']:g} while timed)"
         )
     return text + f"; `python -m research.tables {spec.name} --only {cell.dataset}:{cell.prediction_length}`"
 
