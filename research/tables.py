@@ -117,6 +117,7 @@ class TableSpec:
         published (`bool`, defaults to `True`): show the published BALM-TSF numbers of full-data settings.
         output (`str`): where the markdown table is written.
         not_run (`dict[str, str]`): per dataset, why its cells are not run (e.g. a file that is not available).
+        missing_reason (`str`): why the cells without a result have not run yet (printed above their list).
         blocks (`list[dict]`): generated blocks in other markdown files, each `{"file": ..., "kind": "headline"}`
             (the MSE of the settings where the first column has a result, the lowest measured MSE in bold) or
             `{"kind": "table"}` (the whole table). A block lies between `<!-- table:<name>:<kind>:start ... -->`
@@ -136,6 +137,7 @@ class TableSpec:
     published: bool = True
     not_run: dict[str, str] = field(default_factory=dict)
     blocks: list[dict[str, str]] = field(default_factory=list)
+    missing_reason: str = ""
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TableSpec:
@@ -523,7 +525,8 @@ def render_table(spec: TableSpec, details: bool = True) -> str:
         lines += ["Runs (model, seed: MSE/MAE, epochs run (best), train wall time, command, revision, machine):", ""]
         lines += runs + [""]
     if missing:
-        lines += ["Not run:", ""] + list(dict.fromkeys(missing)) + [""]
+        reason = f" {spec.missing_reason.strip()}" if spec.missing_reason else ""
+        lines += [f"Not run:{reason}", ""] + list(dict.fromkeys(missing)) + [""]
     return "\n".join(lines)
 
 
