@@ -80,6 +80,8 @@ def test_missing_cells_name_their_measured_epoch_cost_and_command(tmp_path: Path
     assert f"one epoch measured at {cost['epoch_s'] / 60:.1f} min" in table
     assert f"`python -m research.tables tiny --only {csv_path}:{HORIZON}`" in table
     assert "Seasonal naive (seeds 2021)" in table  # untrained cells are listed without a cost
+    spec.missing_reason = "the cores ran other cells first."
+    assert "Not run: the cores ran other cells first.\n" in render_table(spec)
 
 
 def test_datasets_marked_not_run_are_skipped_with_their_reason(tmp_path: Path, csv_path: Path) -> None:
