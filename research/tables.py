@@ -460,7 +460,7 @@ def _cell_text(rows: Sequence[Mapping[str, Any]], seeds: int) -> str:
     mse, mse_std = _mean_std([row["mse"] for row in rows])
     text = _fmt(mse)
     if mse_std is not None:
-        text += f" ± {_fmt(mse_std)}"
+        text += f" ± {mse_std:.4f}"  # seed spreads are often below 0.001
     return text + (f" ({len(rows)} of {seeds} seeds)" if len(rows) < seeds else f" ({len(rows)} seeds)")
 
 

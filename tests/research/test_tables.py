@@ -58,7 +58,7 @@ def test_a_table_runs_every_cell_once_and_pools_seeds_into_mean_and_spread(tmp_p
     mses += [read_results(tmp_path / "b" / f"{stem}_seed{seed}.json")[0]["mse"] for seed in (0, 1)]
     assert len(set(mses)) == 3  # the seeds train different models
     table = (tmp_path / "tiny.md").read_text(encoding="utf-8")
-    assert f"{statistics.fmean(mses):.3f} ± {statistics.stdev(mses):.3f} (3 seeds)" in table
+    assert f"{statistics.fmean(mses):.3f} ± {statistics.stdev(mses):.4f} (3 seeds)" in table
     naive = read_results(tmp_path / "a" / f"{stem}.json")[1]
     assert f"{naive['mse']:.3f}/{naive['mae']:.3f} |" in table
     assert "seed 0:" in table and "`test` at" in table and "Not run" not in table
