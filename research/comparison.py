@@ -343,6 +343,17 @@ class ComparisonSettings:
         explicit = self.per_model("gradient_accumulation_steps", model)
         return int(explicit) if explicit is not None else 1
 
+    def load_splits(self) -> Any:
+        """The train, validation and test splits of this setting (dataset, lengths, split borders, percent)."""
+        return load_forecasting_dataset(
+            self.dataset,
+            context_length=self.context_length,
+            prediction_length=self.prediction_length,
+            data_dir=self.data_dir,
+            split_config=self.split_config,
+            percent=self.percent,
+        )
+
     @property
     def stem(self) -> str:
         """
@@ -1056,14 +1067,7 @@ def run_comparison(settings: ComparisonSettings, log: Any = print) -> list[dict[
         `list[dict]`: one results row per model, in `settings.models` order.
     """
     metadata = run_metadata(settings)
-    splits = load_forecasting_dataset(
-        settings.dataset,
-        context_length=settings.context_length,
-        prediction_length=settings.prediction_length,
-        data_dir=settings.data_dir,
-        split_config=settings.split_config,
-        percent=settings.percent,
-    )
+    splits = settings.load_splits()
     log(
         f"{settings.stem}: train {len(splits['train'])}, validation {len(splits['validation'])}, "
         f"test {len(splits['test'])} items"

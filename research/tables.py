@@ -337,16 +337,7 @@ def time_epoch(settings: ComparisonSettings, model_name: str, steps: int = 6, wa
     batch size, then the whole validation split in batches of `eval_batch_size` (what [`run_comparison`] runs per
     epoch; the test split once at the end costs about one validation pass).
     """
-    from balm_hf.data import load_forecasting_dataset
-
-    splits = load_forecasting_dataset(
-        settings.dataset,
-        context_length=settings.context_length,
-        prediction_length=settings.prediction_length,
-        data_dir=settings.data_dir,
-        split_config=settings.split_config,
-        percent=settings.percent,
-    )
+    splits = settings.load_splits()
     model = build_comparison_model(settings, model_name)
     collator = build_collator(model)
     batch_size, eval_batch = settings.batch_size(model_name), settings.eval_batch_size
@@ -429,7 +420,7 @@ def estimate_costs(
             continue
         done.add(key)
         cost = time_epoch(cell.settings(), cell.model)
-        cost.update({name: metadata[name] for name in ("command", "git_revision", "machine", "date")})
+        cost.update({name: metadata[name] for name in ("command", "git_revision", "machine")})
         costs[key] = cost
         log(f"{key}: {cost['epoch_s'] / 60:.1f} min/epoch ({cost['train_items']} train items)")
         path = _costs_path(spec)

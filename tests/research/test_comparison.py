@@ -66,6 +66,20 @@ def _tiny_cli_args(workspace: Path) -> list[str]:
     ]
 
 
+def _three_dlinear_epochs(workspace: Path, **extra: Any) -> dict[str, Any]:
+    """`ComparisonSettings` arguments of a short DLinear run on the tiny CSV: 3 epochs, patience 5."""
+    return dict(
+        dataset=str(workspace / "etth1_short.csv"),
+        context_length=CONTEXT,
+        prediction_length=HORIZON,
+        models=("dlinear",),
+        max_epochs=3,
+        patience=5,
+        command="test",
+        **extra,
+    )
+
+
 def _naive_mse_by_hand(csv_path: Path) -> float:
     """Last-value forecast MSE on the 70/10/20 test split, scaled with train statistics: numpy only."""
     values = pd.read_csv(csv_path).drop(columns="date").to_numpy(dtype=np.float64)
@@ -206,16 +220,8 @@ def test_patchtst_baseline_uses_the_flatten_head_of_the_paper() -> None:
 
 
 def test_resume_continues_a_budget_stopped_run_in_a_second_piece(workspace: Path) -> None:
-    common: dict[str, Any] = dict(
-        dataset=str(workspace / "etth1_short.csv"),
-        context_length=CONTEXT,
-        prediction_length=HORIZON,
-        models=("dlinear",),
-        max_epochs=3,
-        patience=5,
-        output_dir=str(workspace / "pieces"),
-        work_dir=str(workspace / "pieces_checkpoints"),
-        command="test",
+    common = _three_dlinear_epochs(
+        workspace, output_dir=str(workspace / "pieces"), work_dir=str(workspace / "pieces_checkpoints")
     )
     (first,) = run_comparison(ComparisonSettings(**common, time_budget_minutes={"dlinear": 1e-6}), log=lambda m: None)
     assert first["epochs_run"] == 1 and first["stop_reason"] == "time_budget" and "pieces" not in first
@@ -330,15 +336,7 @@ def test_a_per_model_schedule_drives_training_and_is_recorded(workspace: Path) -
 def test_test_every_epoch_reports_each_epochs_test_and_leaves_training_and_the_result_unchanged(
     workspace: Path,
 ) -> None:
-    common: dict[str, Any] = dict(
-        dataset=str(workspace / "etth1_short.csv"),
-        context_length=CONTEXT,
-        prediction_length=HORIZON,
-        models=("dlinear",),
-        max_epochs=3,
-        patience=5,
-        command="test",
-    )
+    common = _three_dlinear_epochs(workspace)
     (plain,) = run_comparison(ComparisonSettings(**common, output_dir=str(workspace / "plain")), log=lambda m: None)
     settings = ComparisonSettings(**common, output_dir=str(workspace / "each_epoch"), test_every_epoch=True)
     (row,) = run_comparison(settings, log=lambda message: None)
@@ -428,16 +426,8 @@ def test_a_piece_stopped_between_checkpoints_still_counts_its_time_when_resumed(
 ) -> None:
     from research import comparison
 
-    common: dict[str, Any] = dict(
-        dataset=str(workspace / "etth1_short.csv"),
-        context_length=CONTEXT,
-        prediction_length=HORIZON,
-        models=("dlinear",),
-        max_epochs=3,
-        patience=5,
-        output_dir=str(workspace / "killed"),
-        work_dir=str(workspace / "killed_checkpoints"),
-        command="test",
+    common = _three_dlinear_epochs(
+        workspace, output_dir=str(workspace / "killed"), work_dir=str(workspace / "killed_checkpoints")
     )
     original = comparison.ProgressCallback.on_save
 
